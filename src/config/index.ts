@@ -1,0 +1,193 @@
+/**
+ * config — loads the YAML configuration, validates it against a schema, fills defaults.
+ *
+ * Implementation summary:
+ * - One file per node. Keys are the public interface (see README "Configuration").
+ * - Every error names the file and the dotted key (`smtp.maxMessageSize: ...`) so an
+ *   operator can fix it without reading code; unknown keys are errors (typos are common).
+ * - Relative paths (dataDir, certificates) resolve against the folder of the config file.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import os from 'node:os';
+import YAML from 'yaml';
+import { z } from 'zod';
+import ipaddr from 'ipaddr.js';
+
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problems: string[],
+  ) {
+    super(`config error in ${file}:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** "host:port" or "[v6]:port" → {host, port}; null when malformed. */
+export function parseHostPort(s: string): HostPort | null {
+  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(s) ?? /^([^:\s[\]]+):(\d{1,5})$/.exec(s);
+  if (!m) return null;
+  const port = Number(m[2]);
+  if (port > 65535) return null;
+  return { host: m[1]!, port };
+}
+
+const hostPort = z
+  .string()
+  .refine((s) => parseHostPort(s) !== null, { message: 'expected "host:port" (IPv6 as "[::1]:port")' });
+
+const cidr = z.string().refine(
+  (s) => {
+    try {
+      ipaddr.parseCIDR(s);
+      return true;
+    } catch {
+      return ipaddr.isValid(s);
+    }
+  },
+  { message: 'expected an IP address or CIDR range such as 10.0.0.0/8' },
+);
+
+const positiveInt = z.number().int().positive();
+const fileRef = z.string().min(1);
+
+const schema = z
+  .object({
+    node: z
+      .object({
+        name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
+        dataDir: z.string().min(1),
+      })
+      .strict(),
+    smtp: z
+      .object({
+        listen: hostPort,
+        hostname: z.string().min(1).default(os.hostname()),
+        allowedNetworks: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
+        maxMessageSize: positiveInt.default(26214400),
+        maxRecipients: positiveInt.default(100),
+        // RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes for a client.
+        socketTimeoutMs: positiveInt.default(300000),
+        tls: z.object({ cert: fileRef, key: fileRef }).strict().optional(),
+      })
+      .strict(),
+    shadow: z
+      .object({
+        listen: hostPort,
+        peers: z
+          .array(z.object({ name: z.string().min(1), address: hostPort }).strict())
+          .min(1, 'at least one peer is needed: shadowrelay never answers 250 without one'),
+        tls: z.object({ ca: fileRef, cert: fileRef, key: fileRef }).strict(),
+        timeoutMs: positiveInt.default(5000),
+        onFailure: z.enum(['reject', 'accept']).default('reject'),
+        heartbeatMs: positiveInt.default(5000),
+        promoteAfterMs: positiveInt.default(60000),
+      })
+      .strict(),
+    delivery: z
+      .object({
+        nextHop: z
+          .object({
+            host: z.string().min(1),
+            port: z.number().int().min(1).max(65535).default(25),
+            tls: z.enum(['none', 'opportunistic', 'required']).default('opportunistic'),
+          })
+          .strict(),
+        concurrency: positiveInt.default(10),
+        retry: z
+          .object({
+            initialMs: positiveInt.default(300000),
+            maxMs: positiveInt.default(4000000),
+            maxAgeMs: positiveInt.default(432000000),
+          })
+          .strict()
+          .default({ initialMs: 300000, maxMs: 4000000, maxAgeMs: 432000000 }),
+      })
+      .strict(),
+    admin: z
+      .object({ listen: hostPort.default('127.0.0.1:9025') })
+      .strict()
+      .default({ listen: '127.0.0.1:9025' }),
+    log: z
+      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .strict()
+      .default({ level: 'info' }),
+  })
+  .strict();
+
+export type Config = z.infer<typeof schema> & { file: string };
+
+function describeIssue(issue: z.core.$ZodIssue): string {
+  const key = issue.path.map(String).join('.');
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((k) => `${key ? key + '.' : ''}${k}: unknown key`).join('\n  ');
+  }
+  if (issue.code === 'invalid_type' && issue.input === undefined) {
+    return `${key}: required key is missing`;
+  }
+  return `${key || '(top level)'}: ${issue.message}`;
+}
+
+/** Validates an already parsed document. `file` is used in messages and to resolve paths. */
+export function parseConfig(doc: unknown, file: string): Config {
+  const result = schema.safeParse(doc);
+  if (!result.success) throw new ConfigError(file, result.error.issues.map(describeIssue));
+  const cfg = result.data;
+  const base = path.dirname(path.resolve(file));
+  const abs = (p: string) => path.resolve(base, p);
+  cfg.node.dataDir = abs(cfg.node.dataDir);
+  if (cfg.smtp.tls) cfg.smtp.tls = { cert: abs(cfg.smtp.tls.cert), key: abs(cfg.smtp.tls.key) };
+  cfg.shadow.tls = {
+    ca: abs(cfg.shadow.tls.ca),
+    cert: abs(cfg.shadow.tls.cert),
+    key: abs(cfg.shadow.tls.key),
+  };
+  const names = new Set<string>();
+  for (const [i, p] of cfg.shadow.peers.entries()) {
+    if (p.name === cfg.node.name) throw new ConfigError(file, [`shadow.peers.${i}.name: a node cannot be its own peer`]);
+    if (names.has(p.name)) throw new ConfigError(file, [`shadow.peers.${i}.name: duplicate peer "${p.name}"`]);
+    names.add(p.name);
+  }
+  if (cfg.delivery.retry.initialMs > cfg.delivery.retry.maxMs) {
+    throw new ConfigError(file, ['delivery.retry.initialMs: must not exceed delivery.retry.maxMs']);
+  }
+  return { ...cfg, file: path.resolve(file) };
+}
+
+/** Reads, parses and validates a YAML file; also checks that referenced files are readable. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(file, [`cannot read file: ${(e as Error).message}`]);
+  }
+  const doc = YAML.parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length > 0) {
+    throw new ConfigError(file, doc.errors.map((e) => `YAML syntax: ${e.message.split('\n')[0]}`));
+  }
+  const cfg = parseConfig(doc.toJS(), file);
+  const problems: string[] = [];
+  const mustRead = (key: string, p: string) => {
+    try {
+      readFileSync(p);
+    } catch (e) {
+      problems.push(`${key}: cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  };
+  if (cfg.smtp.tls) {
+    mustRead('smtp.tls.cert', cfg.smtp.tls.cert);
+    mustRead('smtp.tls.key', cfg.smtp.tls.key);
+  }
+  mustRead('shadow.tls.ca', cfg.shadow.tls.ca);
+  mustRead('shadow.tls.cert', cfg.shadow.tls.cert);
+  mustRead('shadow.tls.key', cfg.shadow.tls.key);
+  if (problems.length) throw new ConfigError(file, problems);
+  return cfg;
+}

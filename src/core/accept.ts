@@ -1,0 +1,83 @@
+/**
+ * The acceptance step — the heart of the guarantee:
+ *   spool locally (fsync) → shadow copy confirmed on a peer's disk → mark accepted (fsync) → 250.
+ * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
+ * a discard is owed to the peers in case one stored a late copy. With the operator's
+ * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
+ */
+import type { Logger } from 'pino';
+import type { Spool } from '../spool/index.js';
+import type { Acceptor, InboundMessage } from '../smtp/index.js';
+import { reply } from '../smtp/replies.js';
+import type { ReplicateInput } from '../shadow/index.js';
+
+export interface Replicator {
+  replicate(m: ReplicateInput): Promise<string>;
+}
+
+export interface AcceptCounters {
+  accepted: number;
+  degraded: number;
+  refusedShadow: number;
+  refusedStorage: number;
+}
+
+export interface ShadowedAcceptorOptions {
+  spool: Spool;
+  replicator: Replicator;
+  peerNames: string[];
+  onFailure: 'reject' | 'accept';
+  log: Logger;
+  /** called after the message is durable on two nodes (or degraded-accepted) */
+  onAccepted: (id: string) => void;
+}
+
+export class ShadowedAcceptor implements Acceptor {
+  readonly counters: AcceptCounters = { accepted: 0, degraded: 0, refusedShadow: 0, refusedStorage: 0 };
+
+  constructor(private readonly o: ShadowedAcceptorOptions) {}
+
+  async accept(m: InboundMessage): Promise<string> {
+    const { spool, log } = this.o;
+    const t0 = process.hrtime.bigint();
+    const client = m.client.address;
+    try {
+      await spool.spoolPrimary({ id: m.id, sender: m.sender, recipients: m.recipients, body: m.body, receivedAt: m.receivedAt, client });
+    } catch (err) {
+      this.counters.refusedStorage++;
+      log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
+      throw reply(452, '4.3.1', 'Insufficient system storage');
+    }
+    log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
+
+    let peer: string | null;
+    try {
+      peer = await this.o.replicator.replicate(m);
+    } catch (err) {
+      const reason = (err as Error).message;
+      if (this.o.onFailure === 'accept') {
+        peer = null;
+        this.counters.degraded++;
+        log.warn({ id: m.id, reason }, 'DEGRADED: accepted without a shadow copy (shadow.onFailure=accept)');
+      } else {
+        this.counters.refusedShadow++;
+        await spool.dropUnacked(m.id, this.o.peerNames).catch((e: Error) => log.error({ id: m.id, err: e.message }, 'drop failed'));
+        log.warn({ id: m.id, reason }, 'refused: shadow copy not confirmed');
+        throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
+      }
+    }
+    try {
+      await spool.markAccepted(m.id, peer);
+    } catch (err) {
+      this.counters.refusedStorage++;
+      await spool.dropUnacked(m.id, this.o.peerNames).catch(() => undefined);
+      log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
+      throw reply(452, '4.3.1', 'Insufficient system storage');
+    }
+    this.counters.accepted++;
+    const shadowMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, shadowPeer: peer, shadowMs }, 'accepted');
+    this.o.onAccepted(m.id);
+    return `2.0.0 Ok: queued as ${m.id}`;
+  }
+}

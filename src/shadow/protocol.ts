@@ -1,0 +1,58 @@
+/**
+ * Wire format of the replication link (HTTP/2 over mutual TLS).
+ *
+ *   PUT  /v1/messages/<id>   body: u32 BE length of the JSON meta, the meta, the raw message
+ *                            → 201 {"result":"stored"|"exists"}   (durable before the reply)
+ *   POST /v1/discard         {"ids":[...]}              → 200 {"purged":n}
+ *   POST /v1/heartbeat       {"name","incarnation"}     → 200 {"name","incarnation"}
+ *
+ * The sender's identity is taken from its client certificate, never from the body.
+ */
+export interface PutMeta {
+  sender: string;
+  recipients: string[];
+  receivedAt: number;
+  incarnation: string;
+}
+
+export interface HeartbeatBody {
+  name: string;
+  incarnation: string;
+}
+
+export const ID_RE = /^[A-Za-z0-9]{8,64}$/;
+
+export function encodePut(meta: PutMeta, raw: Buffer): Buffer {
+  const json = Buffer.from(JSON.stringify(meta));
+  const head = Buffer.allocUnsafe(4);
+  head.writeUInt32BE(json.length, 0);
+  return Buffer.concat([head, json, raw]);
+}
+
+export class ProtocolError extends Error {}
+
+export function decodePut(buf: Buffer): { meta: PutMeta; raw: Buffer } {
+  if (buf.length < 4) throw new ProtocolError('body too short');
+  const len = buf.readUInt32BE(0);
+  if (len > buf.length - 4 || len > 1 << 22) throw new ProtocolError('bad meta length');
+  let meta: unknown;
+  try {
+    meta = JSON.parse(buf.subarray(4, 4 + len).toString('utf8'));
+  } catch {
+    throw new ProtocolError('meta is not JSON');
+  }
+  const m = meta as Partial<PutMeta>;
+  if (
+    typeof m !== 'object' ||
+    m === null ||
+    typeof m.sender !== 'string' ||
+    !Array.isArray(m.recipients) ||
+    m.recipients.length === 0 ||
+    !m.recipients.every((r) => typeof r === 'string') ||
+    typeof m.receivedAt !== 'number' ||
+    typeof m.incarnation !== 'string'
+  ) {
+    throw new ProtocolError('meta fields missing or of the wrong type');
+  }
+  return { meta: m as PutMeta, raw: buf.subarray(4 + len) };
+}

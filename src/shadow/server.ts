@@ -1,0 +1,200 @@
+/**
+ * The peer side of the replication link: stores shadow copies durably before acking,
+ * purges them on discard, answers heartbeats. Only clients whose certificate (signed by
+ * `shadow.tls.ca`) names a configured peer get in.
+ */
+import http2 from 'node:http2';
+import type { TLSSocket, PeerCertificate } from 'node:tls';
+import type { Logger } from 'pino';
+import type { Spool } from '../spool/index.js';
+import { decodePut, ID_RE, ProtocolError, type HeartbeatBody } from './protocol.js';
+
+export interface TlsFiles {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+}
+
+export interface ShadowServerOptions {
+  nodeName: string;
+  peerNames: string[];
+  tls: TlsFiles;
+  maxBodyBytes: number;
+  spool: Spool;
+  log: Logger;
+  /** called on every heartbeat from a peer (liveness and incarnation tracking) */
+  onHeartbeat?: (peer: string, incarnation: string) => void;
+}
+
+/** Names a certificate vouches for: its DNS SANs and CN. */
+export function certNames(cert: PeerCertificate): string[] {
+  const names: string[] = [];
+  if (cert.subjectaltname) {
+    for (const part of cert.subjectaltname.split(/,\s*/)) {
+      if (part.startsWith('DNS:')) names.push(part.slice(4));
+    }
+  }
+  const cn = cert.subject?.CN;
+  if (typeof cn === 'string') names.push(cn);
+  return names;
+}
+
+export const WINDOW = 16 * 1024 * 1024;
+
+export class ShadowServer {
+  private readonly server: http2.Http2SecureServer;
+  private readonly peerOf = new WeakMap<object, string>();
+  private readonly sessions = new Set<http2.ServerHttp2Session>();
+
+  constructor(private readonly o: ShadowServerOptions) {
+    this.server = http2.createSecureServer({
+      ca: o.tls.ca,
+      cert: o.tls.cert,
+      key: o.tls.key,
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+      allowHTTP1: false,
+      settings: { initialWindowSize: WINDOW },
+    });
+    this.server.on('secureConnection', (sock: TLSSocket) => {
+      // Nagle + delayed ACK costs ~40 ms per small reply on this link
+      sock.setNoDelay(true);
+      const names = certNames(sock.getPeerCertificate());
+      const peer = o.peerNames.find((p) => names.includes(p));
+      if (!peer) {
+        o.log.warn({ names, remote: sock.remoteAddress }, 'shadow: refused client whose certificate names no configured peer');
+        sock.destroy();
+        return;
+      }
+      this.peerOf.set(sock, peer);
+    });
+    this.server.on('session', (session) => {
+      this.sessions.add(session);
+      session.on('close', () => this.sessions.delete(session));
+      session.on('error', () => session.destroy());
+      session.setLocalWindowSize(WINDOW);
+    });
+    this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
+    this.server.on('tlsClientError', (err) => o.log.debug({ err: err.message }, 'shadow: TLS handshake failed'));
+  }
+
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const a = this.server.address();
+        resolve({ host, port: typeof a === 'object' && a ? a.port : port });
+      });
+    });
+  }
+
+  private peerFor(stream: http2.ServerHttp2Stream): string | undefined {
+    const sock = stream.session?.socket as unknown as TLSSocket | undefined;
+    // the session's socket is a proxy; look the peer up through the real TLS socket's cert
+    if (!sock) return undefined;
+    const cached = this.peerOf.get(stream.session!);
+    if (cached) return cached;
+    const names = certNames(sock.getPeerCertificate());
+    const peer = this.o.peerNames.find((p) => names.includes(p));
+    if (peer) this.peerOf.set(stream.session!, peer);
+    return peer;
+  }
+
+  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', () => {});
+    const peer = this.peerFor(stream);
+    if (!peer) return reply(stream, 403, { error: 'certificate names no configured peer' });
+    const method = headers[':method'];
+    const url = String(headers[':path'] ?? '');
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooBig = false;
+    stream.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > this.o.maxBodyBytes) {
+        tooBig = true;
+        return;
+      }
+      if (!tooBig) chunks.push(c);
+    });
+    stream.on('end', () => {
+      if (tooBig) return reply(stream, 413, { error: 'body exceeds maxMessageSize' });
+      const body = Buffer.concat(chunks, size);
+      this.handle(peer, String(method), url, body).then(
+        ([status, json]) => reply(stream, status, json),
+        (err: unknown) => {
+          if (err instanceof ProtocolError) return reply(stream, 400, { error: err.message });
+          this.o.log.error({ err, peer, url }, 'shadow: request failed');
+          reply(stream, 503, { error: 'storage error' });
+        },
+      );
+    });
+  }
+
+  private async handle(peer: string, method: string, url: string, body: Buffer): Promise<[number, unknown]> {
+    const spool = this.o.spool;
+    if (method === 'PUT' && url.startsWith('/v1/messages/')) {
+      const id = url.slice('/v1/messages/'.length);
+      if (!ID_RE.test(id)) throw new ProtocolError('bad message id');
+      const { meta, raw } = decodePut(body);
+      const result = await spool.storeShadow({
+        id,
+        origin: peer,
+        originIncarnation: meta.incarnation,
+        sender: meta.sender,
+        recipients: meta.recipients,
+        receivedAt: meta.receivedAt,
+        body: Buffer.from(raw),
+      });
+      this.o.log.info({ id, peer, size: raw.length, result }, 'shadow stored');
+      return [201, { result }];
+    }
+    if (method === 'POST' && url === '/v1/discard') {
+      const ids = parseJson(body, (j) => {
+        const ids = (j as { ids?: unknown }).ids;
+        return Array.isArray(ids) && ids.every((x) => typeof x === 'string') ? (ids as string[]) : null;
+      });
+      const purged = await spool.purgeShadows(peer, ids);
+      for (const id of ids) this.o.log.info({ id, peer }, 'shadow discarded');
+      return [200, { purged }];
+    }
+    if (method === 'POST' && url === '/v1/heartbeat') {
+      const hb = parseJson(body, (j) => {
+        const h = j as Partial<HeartbeatBody>;
+        return typeof h.name === 'string' && typeof h.incarnation === 'string' ? (h as HeartbeatBody) : null;
+      });
+      this.o.onHeartbeat?.(peer, hb.incarnation);
+      return [200, { name: this.o.nodeName, incarnation: spool.incarnation }];
+    }
+    return [404, { error: 'no such endpoint' }];
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sessions) s.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+function parseJson<T>(body: Buffer, check: (j: unknown) => T | null): T {
+  let j: unknown;
+  try {
+    j = JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new ProtocolError('body is not JSON');
+  }
+  const v = typeof j === 'object' && j !== null ? check(j) : null;
+  if (v === null) throw new ProtocolError('body has the wrong shape');
+  return v;
+}
+
+function reply(stream: http2.ServerHttp2Stream, status: number, json: unknown): void {
+  if (stream.destroyed || stream.closed) return;
+  try {
+    stream.respond({ ':status': status, 'content-type': 'application/json' });
+    stream.end(JSON.stringify(json));
+  } catch {
+    /* the peer went away */
+  }
+}

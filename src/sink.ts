@@ -1,0 +1,79 @@
+/**
+ * A small SMTP sink used as the next hop by the demo, the tests and the benchmark. It keeps
+ * what it receives in memory and can be told how to answer each recipient (to play a next
+ * hop that defers or refuses).
+ */
+import { SMTPServer } from 'smtp-server';
+import { EventEmitter } from 'node:events';
+
+export interface SinkMessage {
+  from: string;
+  to: string[];
+  raw: Buffer;
+}
+
+export type RcptPolicy = (rcpt: string, attempt: number) => { code: number; message: string } | null;
+
+export class Sink extends EventEmitter {
+  readonly messages: SinkMessage[] = [];
+  private readonly server: SMTPServer;
+  private readonly attempts = new Map<string, number>();
+  port = 0;
+  /** decides per recipient; null accepts */
+  rcptPolicy: RcptPolicy | null = null;
+  /** while set, the final reply to DATA waits for it (lets a test look at a moment in between) */
+  gate: Promise<void> | null = null;
+
+  constructor() {
+    super();
+    this.server = new SMTPServer({
+      authOptional: true,
+      disabledCommands: ['AUTH', 'STARTTLS'],
+      disableReverseLookup: true,
+      logger: false,
+      size: 64 * 1024 * 1024,
+      onRcptTo: (addr, _s, cb) => {
+        const n = (this.attempts.get(addr.address) ?? 0) + 1;
+        this.attempts.set(addr.address, n);
+        const r = this.rcptPolicy?.(addr.address, n);
+        if (r) {
+          const e = new Error(r.message) as Error & { responseCode: number };
+          e.responseCode = r.code;
+          return cb(e);
+        }
+        cb();
+      },
+      onData: (stream, session, cb) => {
+        const chunks: Buffer[] = [];
+        stream.on('data', (c: Buffer) => chunks.push(c));
+        stream.on('end', async () => {
+          if (this.gate) await this.gate;
+          const m: SinkMessage = {
+            from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
+            to: session.envelope.rcptTo.map((r) => r.address),
+            raw: Buffer.concat(chunks),
+          };
+          this.messages.push(m);
+          this.emit('message', m);
+          cb(null, 'Ok: sunk');
+        });
+      },
+    });
+    this.server.on('error', () => {});
+  }
+
+  listen(port = 0, host = '127.0.0.1'): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        const a = this.server.server.address();
+        this.port = typeof a === 'object' && a ? a.port : port;
+        resolve(this.port);
+      });
+    });
+  }
+
+  close(): Promise<void> {
+    return new Promise((r) => this.server.close(() => r()));
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * smtp — the inbound listener (smtp-server).
+ *
+ * Implementation summary:
+ * - EHLO offers SIZE, 8BITMIME, PIPELINING, ENHANCEDSTATUSCODES, SMTPUTF8, and STARTTLS when
+ *   `smtp.tls` is set. No AUTH yet: relaying is decided by `smtp.allowedNetworks`.
+ * - Refusals follow Postfix's wording and codes: relay denied `554 5.7.1` at RCPT, too many
+ *   recipients `452 4.5.3`, too big `552 5.3.4`.
+ * - At end of DATA the message gets a `Received:` header (RFC 5321 §4.4) and is handed, as
+ *   one buffer with its envelope, to the `Acceptor`; its answer (250 with the queue id, or
+ *   the 4xx it throws) is what the client sees. Nothing else in the message is changed.
+ * - A failure inside our code answers 451 4.3.0; it never crashes the process.
+ */
+import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import { readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { reply, SmtpReply } from './replies.js';
+import type { NetworkList } from './networks.js';
+import { newQueueId } from '../core/ids.js';
+
+export { SmtpReply, reply } from './replies.js';
+
+export interface InboundMessage {
+  id: string;
+  sender: string;
+  recipients: string[];
+  /** the message as received, with our Received header prepended */
+  body: Buffer;
+  receivedAt: number;
+  client: { address: string; helo: string };
+}
+
+/** Takes responsibility for a message; resolves with the 250 text or throws an SmtpReply. */
+export interface Acceptor {
+  accept(m: InboundMessage): Promise<string>;
+}
+
+export interface SmtpListenerOptions {
+  hostname: string;
+  maxMessageSize: number;
+  maxRecipients: number;
+  socketTimeoutMs: number;
+  allowedNetworks: NetworkList;
+  tls?: { cert: string; key: string };
+  acceptor: Acceptor;
+  log: Logger;
+}
+
+function rfc2822Date(d: Date): string {
+  // e.g. "Thu, 26 Nov 2026 08:30:52 +0000 (UTC)" as Postfix writes it
+  return d.toUTCString().replace('GMT', '+0000 (UTC)');
+}
+
+export function receivedHeader(
+  o: { hostname: string },
+  s: { helo: string; address: string; protocol: string; id: string; recipients: string[] },
+  when: Date,
+): string {
+  const from = `from ${s.helo || 'unknown'} (unknown [${s.address}])`;
+  const forClause = s.recipients.length === 1 ? `\r\n\tfor <${s.recipients[0]}>` : '';
+  return `Received: ${from}\r\n\tby ${o.hostname} (shadowrelay) with ${s.protocol} id ${s.id}${forClause}; ${rfc2822Date(when)}\r\n`;
+}
+
+export class SmtpListener {
+  private readonly server: SMTPServer;
+
+  constructor(private readonly o: SmtpListenerOptions) {
+    const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert) } : {};
+    this.server = new SMTPServer({
+      ...tls,
+      name: o.hostname,
+      banner: 'shadowrelay',
+      size: o.maxMessageSize,
+      rejectOversized: true,
+      maxRecipients: o.maxRecipients,
+      hideSTARTTLS: !o.tls,
+      disabledCommands: ['AUTH'],
+      authOptional: true,
+      disableReverseLookup: true,
+      socketTimeout: o.socketTimeoutMs,
+      logger: false,
+      onRcptTo: (addr, session, cb) => {
+        if (!o.allowedNetworks.contains(session.remoteAddress) && !session.user) {
+          o.log.info({ client: session.remoteAddress, rcpt: addr.address }, 'relay access denied');
+          return cb(reply(554, '5.7.1', `<${addr.address}>: Relay access denied`));
+        }
+        cb();
+      },
+      onData: (stream, session, cb) => this.onData(stream, session, cb),
+    });
+    this.server.on('error', (err) => o.log.warn({ err: err.message }, 'smtp: connection error'));
+  }
+
+  listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      this.server.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.server.off('error', reject);
+        const a = this.server.server.address();
+        resolve({ host, port: typeof a === 'object' && a ? a.port : port });
+      });
+    });
+  }
+
+  private onData(
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+    cb: (err?: Error | null, message?: string) => void,
+  ): void {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on('data', (c: Buffer) => {
+      // past the limit, keep reading (the client must get its 552) but stop storing
+      if (size <= this.o.maxMessageSize) chunks.push(c);
+      size += c.length;
+    });
+    stream.once('error', (err) => cb(reply(451, '4.3.0', `Error: ${err.message}`)));
+    stream.once('end', () => {
+      if (stream.sizeExceeded) return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      const now = new Date();
+      const id = newQueueId(now.getTime());
+      const recipients = session.envelope.rcptTo.map((r) => r.address);
+      const sender = session.envelope.mailFrom ? session.envelope.mailFrom.address : '';
+      const helo = session.hostNameAppearsAs ?? '';
+      const received = receivedHeader(
+        this.o,
+        { helo, address: session.remoteAddress, protocol: session.transmissionType, id, recipients },
+        now,
+      );
+      const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
+      this.o.acceptor
+        .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
+        .then(
+          (text) => cb(null, text),
+          (err: unknown) => {
+            if (err instanceof SmtpReply) return cb(err);
+            this.o.log.error({ id, err }, 'accept failed unexpectedly');
+            cb(reply(451, '4.3.0', 'Error: queue file write error'));
+          },
+        );
+    });
+  }
+
+  /** Stops accepting connections; open sessions are closed by smtp-server's close logic. */
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
