@@ -128,7 +128,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
   if (issue.code === 'unrecognized_keys') {
     return issue.keys.map((k) => `${key ? key + '.' : ''}${k}: unknown key`).join('\n  ');
   }
-  if (issue.code === 'invalid_type' && issue.input === undefined) {
+  if (issue.code === 'invalid_type' && /received undefined/.test(issue.message)) {
     return `${key}: required key is missing`;
   }
   return `${key || '(top level)'}: ${issue.message}`;

@@ -74,6 +74,7 @@ export class SmtpListener {
       rejectOversized: true,
       maxRecipients: o.maxRecipients,
       hideSTARTTLS: !o.tls,
+      hideENHANCEDSTATUSCODES: false,
       disabledCommands: ['AUTH'],
       authOptional: true,
       disableReverseLookup: true,

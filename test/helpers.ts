@@ -1,0 +1,284 @@
+/**
+ * Test helpers: real parts only — temp dirs with real SQLite files, real certificates,
+ * real SMTP servers and clients on 127.0.0.1, real relays started through the composition
+ * root (in-process) or as child processes (`node dist/cli.js start`).
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import nodemailer from 'nodemailer';
+import pino from 'pino';
+import Database from 'better-sqlite3';
+import { loadConfig } from '../src/config/index.js';
+import { Relay } from '../src/relay.js';
+import { Sink } from '../src/sink.js';
+import { writePairConfigs, type PairFiles } from '../src/pair.js';
+import { waitFor } from '../src/core/wait.js';
+
+export { waitFor } from '../src/core/wait.js';
+export { Sink } from '../src/sink.js';
+
+export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+export const CLI = path.join(ROOT, 'dist', 'cli.js');
+
+export function tmpDir(prefix = 'sr-test-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A logger that keeps lines in memory (tests can look at what was logged). */
+export function memoryLogger(node: string) {
+  const lines: Array<Record<string, unknown>> = [];
+  const log = pino(
+    { level: 'debug', base: { node } },
+    {
+      write(s: string) {
+        lines.push(JSON.parse(s) as Record<string, unknown>);
+      },
+    },
+  );
+  return { log, lines };
+}
+
+export interface Pair {
+  a: Relay;
+  b: Relay;
+  sink: Sink;
+  files: PairFiles;
+  dir: string;
+  logs: Record<string, Array<Record<string, unknown>>>;
+  start(name: 'relay-a' | 'relay-b'): Promise<Relay>;
+  stop(): Promise<void>;
+}
+
+export async function startPair(
+  overrides: Record<string, unknown> = {},
+  nodeOverrides: Record<string, Record<string, unknown>> = {},
+): Promise<Pair> {
+  const { dir, cleanup } = tmpDir();
+  const sink = new Sink();
+  const sinkPort = await sink.listen();
+  const files = await writePairConfigs({ dir, sinkPort, overrides, nodeOverrides });
+  const logs: Record<string, Array<Record<string, unknown>>> = {};
+  const running = new Map<string, Relay>();
+  const start = async (name: string) => {
+    const { log, lines } = memoryLogger(name);
+    logs[name] = lines;
+    const r = await Relay.start(loadConfig(files.configs[name]!), { log });
+    running.set(name, r);
+    return r;
+  };
+  const b = await start('relay-b');
+  const a = await start('relay-a');
+  await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
+  const pair: Pair = {
+    a,
+    b,
+    sink,
+    files,
+    dir,
+    logs,
+    start: async (name) => {
+      const r = await start(name);
+      if (name === 'relay-a') pair.a = r;
+      else pair.b = r;
+      return r;
+    },
+    stop: async () => {
+      await Promise.all([...running.values()].map((r) => r.stop()));
+      await sink.close();
+      cleanup();
+    },
+  };
+  return pair;
+}
+
+export interface SendResult {
+  code: number;
+  response: string;
+}
+
+/** Sends through a relay with nodemailer; resolves with the final reply (success or error). */
+export async function send(
+  port: number,
+  o: { from?: string; to?: string[]; raw?: string | Buffer; localAddress?: string } = {},
+): Promise<SendResult> {
+  const t = nodemailer.createTransport({
+    host: '127.0.0.1',
+    port,
+    secure: false,
+    ignoreTLS: true,
+    localAddress: o.localAddress,
+    connectionTimeout: 20000,
+    socketTimeout: 60000,
+  } as nodemailer.TransportOptions);
+  const to = o.to ?? ['bob@example.test'];
+  try {
+    const info = (await t.sendMail({
+      envelope: { from: o.from ?? 'alice@example.test', to },
+      raw: o.raw ?? `From: alice@example.test\r\nTo: ${to.join(', ')}\r\nSubject: test\r\nMessage-ID: <${Math.random()}@test>\r\n\r\nhello\r\n`,
+    })) as { response: string };
+    return { code: Number(info.response.slice(0, 3)), response: info.response };
+  } catch (e) {
+    const err = e as { responseCode?: number; response?: string; message: string; rejectedErrors?: Array<{ response?: string; responseCode?: number }> };
+    const first = err.rejectedErrors?.[0];
+    return { code: err.responseCode ?? first?.responseCode ?? 0, response: err.response ?? first?.response ?? err.message };
+  } finally {
+    t.close();
+  }
+}
+
+export const queueIdOf = (response: string): string => {
+  const m = /queued as ([A-Z0-9]+)/.exec(response);
+  if (!m) throw new Error(`no queue id in "${response}"`);
+  return m[1]!;
+};
+
+/** Opens a node's spool database read-only from the test, like an operator would. */
+export function peekSpool(dataDir: string): { ids: (role?: string) => string[]; close: () => void } {
+  const db = new Database(path.join(dataDir, 'spool.db'), { readonly: true });
+  return {
+    ids: (role?: string) =>
+      (role
+        ? (db.prepare('SELECT id FROM messages WHERE role=?').all(role) as Array<{ id: string }>)
+        : (db.prepare('SELECT id FROM messages').all() as Array<{ id: string }>)
+      ).map((r) => r.id),
+    close: () => db.close(),
+  };
+}
+
+/** A line-oriented raw SMTP client for tests that need byte-level control. */
+export class RawSmtp {
+  private buf = '';
+  private waiters: Array<() => void> = [];
+  closed = false;
+
+  private constructor(readonly sock: net.Socket) {
+    sock.on('data', (d) => {
+      this.buf += d.toString('latin1');
+      for (const w of this.waiters.splice(0)) w();
+    });
+    sock.on('close', () => {
+      this.closed = true;
+      for (const w of this.waiters.splice(0)) w();
+    });
+    sock.on('error', () => {});
+  }
+
+  static connect(port: number, localAddress?: string): Promise<RawSmtp> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect({ host: '127.0.0.1', port, localAddress }, () => resolve(new RawSmtp(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /** Next complete reply (multi-line replies joined), or null if the server closed. */
+  async reply(timeoutMs = 20000): Promise<string | null> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const m = /^((?:\d{3}-[^\r\n]*\r\n)*\d{3}(?: [^\r\n]*)?\r\n)/.exec(this.buf);
+      if (m) {
+        this.buf = this.buf.slice(m[1]!.length);
+        return m[1]!.trimEnd();
+      }
+      if (this.closed) return null;
+      const left = end - Date.now();
+      if (left <= 0) throw new Error(`no reply within ${timeoutMs} ms; buffer: ${JSON.stringify(this.buf)}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  write(s: string | Buffer): void {
+    this.sock.write(s);
+  }
+
+  async cmd(line: string): Promise<string | null> {
+    this.write(line + '\r\n');
+    return this.reply();
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+/** Runs the CLI as a child process and collects its output. */
+export function runCli(args: string[], timeoutMs = 60000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+export interface NodeProcess {
+  proc: ChildProcess;
+  name: string;
+  addresses: { smtp: { port: number }; shadow: { port: number }; admin: { port: number } };
+  lines: Array<Record<string, unknown>>;
+  exited: Promise<number | null>;
+  kill(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Starts `shadowrelay start --config FILE` as a child; resolves once it logged its ports. */
+export function startNodeProcess(configFile: string, name: string, timeoutMs = 20000): Promise<NodeProcess> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [CLI, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines: Array<Record<string, unknown>> = [];
+    let stderr = '';
+    proc.stderr!.on('data', (d) => (stderr += d));
+    const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+    const t = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`${name} did not start within ${timeoutMs} ms: ${stderr}`));
+    }, timeoutMs);
+    createInterface({ input: proc.stdout! }).on('line', (l) => {
+      let j: Record<string, unknown>;
+      try {
+        j = JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        return;
+      }
+      lines.push(j);
+      if (j.msg === 'shadowrelay started') {
+        clearTimeout(t);
+        resolve({
+          proc,
+          name,
+          addresses: j as unknown as NodeProcess['addresses'],
+          lines,
+          exited,
+          kill: (signal = 'SIGKILL') => {
+            if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+            return exited;
+          },
+        });
+      }
+    });
+    void exited.then((code) => {
+      clearTimeout(t);
+      reject(new Error(`${name} exited with ${code} before starting: ${stderr}`));
+    });
+  });
+}
+
+export function writeFile(file: string, text: string): string {
+  writeFileSync(file, text);
+  return file;
+}

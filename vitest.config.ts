@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 60000,
+    hookTimeout: 60000,
+    // suites start real servers and child processes; keep the 2-core machine from thrashing
+    fileParallelism: true,
+    maxWorkers: 2,
+  },
+});
