@@ -1,0 +1,203 @@
+/**
+ * Benchmark results: the JSON shape, the markdown table, and the verdict on the issue's
+ * targets (shadowrelay against Postfix, measured in the same run).
+ */
+
+export interface ThroughputFigures {
+  sessions: number;
+  messages: number;
+  size: number;
+  generator: 'smtp-source' | 'node';
+  accepted: number;
+  acceptedPerSec: number;
+  /** null for the sink alone (accepting is the end) */
+  endToEndPerSec: number | null;
+  wallMs: number;
+  endToEndMs: number | null;
+}
+
+export interface LatencyFigures {
+  sessions: number;
+  messages: number;
+  size: number;
+  accepted: number;
+  failed: number;
+  firstError: string | null;
+  acceptedPerSec: number;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  maxMs: number | null;
+}
+
+export interface SerialFigures {
+  messages: number;
+  /** smtp-source -s 1 wall time per message (connect, EHLO, MAIL, RCPT, DATA, QUIT) */
+  msPerMessage: number | null;
+  latency: LatencyFigures;
+}
+
+export interface MemoryFigures {
+  /** peak RSS in bytes per process (shadowrelay: VmHWM of each node; Postfix: sampled sum of its processes) */
+  peakRss: Record<string, number | null>;
+}
+
+export interface SystemResult {
+  system: 'ceiling' | 'postfix' | 'shadowrelay' | 'shadowrelay-info';
+  label: string;
+  skipped?: string;
+  error?: string;
+  loadavgBefore?: [number, number, number];
+  loadavgAfter?: [number, number, number];
+  small?: ThroughputFigures;
+  latency?: LatencyFigures;
+  serial?: SerialFigures;
+  large?: ThroughputFigures;
+  manySessions?: ThroughputFigures & MemoryFigures;
+  memory?: MemoryFigures;
+  leftover?: Record<string, number>;
+}
+
+export interface LeakCheck {
+  minutes: number;
+  sessions: number;
+  size: number;
+  accepted: number;
+  failed: number;
+  acceptedPerSec: number;
+  p99Ms: number | null;
+  /** per node: RSS (bytes) sampled over time, and peak */
+  nodes: Record<string, { peakRss: number | null; firstMinuteMeanRss: number; lastMinuteMeanRss: number; growthPct: number }>;
+  verdict: string;
+}
+
+export interface BenchReport {
+  startedAt: string;
+  machine: { cpus: number; model: string; node: string; loadavgStart: [number, number, number]; loadavgEnd?: [number, number, number] };
+  tools: { generator: string; sink: string; postfix: string | null };
+  params: Record<string, number | string | boolean>;
+  systems: SystemResult[];
+  leak?: LeakCheck;
+  targets: Array<{ target: string; measured: string; met: boolean | null }>;
+  notes: string[];
+}
+
+const f0 = (x: number | null | undefined) => (x === null || x === undefined ? '–' : Math.round(x).toLocaleString('en-US'));
+const f2 = (x: number | null | undefined) => (x === null || x === undefined ? '–' : x < 10 ? x.toFixed(2) : x.toFixed(1));
+const mb = (x: number | null | undefined) => (x === null || x === undefined ? '–' : `${Math.round(x / 1048576)}`);
+const ratio = (a: number | null | undefined, b: number | null | undefined) =>
+  a === null || a === undefined || b === null || b === undefined || b === 0 ? null : a / b;
+const fr = (x: number | null) => (x === null ? '–' : `${x.toFixed(2)}×`);
+
+function rssCell(m: MemoryFigures | undefined): string {
+  if (!m) return '–';
+  return Object.entries(m.peakRss)
+    .map(([k, v]) => `${k} ${mb(v)}`)
+    .join(', ');
+}
+
+/** Fills report.targets from the systems' figures. */
+export function judgeTargets(r: BenchReport): void {
+  const sr = r.systems.find((s) => s.system === 'shadowrelay' && !s.skipped && !s.error);
+  const pf = r.systems.find((s) => s.system === 'postfix' && !s.skipped && !s.error);
+  const t: BenchReport['targets'] = [];
+  const cmp = (target: string, a: number | null | undefined, b: number | null | undefined, ok: (q: number) => boolean, unit: string) => {
+    const q = ratio(a, b);
+    t.push({
+      target,
+      measured: q === null ? 'not measured' : `shadowrelay ${f2(a)} ${unit} vs Postfix ${f2(b)} ${unit} (${fr(q)})`,
+      met: q === null ? null : ok(q),
+    });
+  };
+  cmp('accepted msg/s at C=20, 10 KB ≥ 1.0 × Postfix', sr?.small?.acceptedPerSec, pf?.small?.acceptedPerSec, (q) => q >= 1, 'msg/s');
+  cmp('end-to-end msg/s at C=20, 10 KB ≥ 1.0 × Postfix', sr?.small?.endToEndPerSec, pf?.small?.endToEndPerSec, (q) => q >= 1, 'msg/s');
+  cmp('serial time per message (C=1) ≤ Postfix', sr?.serial?.msPerMessage, pf?.serial?.msPerMessage, (q) => q <= 1, 'ms');
+  cmp('serial accept latency p50 (C=1) ≤ Postfix', sr?.serial?.latency.p50Ms, pf?.serial?.latency.p50Ms, (q) => q <= 1, 'ms');
+  cmp('accept latency p99 at C=20 ≤ 2 × Postfix', sr?.latency?.p99Ms, pf?.latency?.p99Ms, (q) => q <= 2, 'ms');
+  const peaks = sr?.manySessions ? Object.values(sr.manySessions.peakRss) : [];
+  const worst = peaks.length && peaks.every((p) => p !== null) ? Math.max(...(peaks as number[])) : null;
+  t.push({
+    target: 'each node peak RSS ≤ 200 MB at C=200, 1 MB',
+    measured: worst === null ? 'not measured' : `worst node ${mb(worst)} MB`,
+    met: worst === null ? null : worst <= 200 * 1048576,
+  });
+  if (r.leak) t.push({ target: 'no RSS growth over the long run', measured: r.leak.verdict, met: !/growth/i.test(r.leak.verdict) });
+  else t.push({ target: 'no RSS growth over a 10-minute run', measured: 'run `npm run bench -- --long`', met: null });
+  r.targets = t;
+}
+
+export function markdown(r: BenchReport): string {
+  const out: string[] = [];
+  const la = (x?: [number, number, number]) => (x ? x.join(' / ') : '–');
+  out.push(`## shadowrelay benchmark — ${r.startedAt}`);
+  out.push('');
+  out.push(
+    `Machine: ${r.machine.cpus} × ${r.machine.model}, Node ${r.machine.node}; loadavg (1/5/15 min) at start ${la(r.machine.loadavgStart)}, at end ${la(r.machine.loadavgEnd)}.`,
+  );
+  out.push(`Load generator: ${r.tools.generator}; latency: Node pipelining generator; sink: ${r.tools.sink}; Postfix: ${r.tools.postfix ?? 'not run'}.`);
+  out.push('');
+  const cols = r.systems;
+  const head = ['', ...cols.map((c) => c.label)];
+  const sr = cols.find((c) => c.system === 'shadowrelay');
+  const pf = cols.find((c) => c.system === 'postfix');
+  const ce = cols.find((c) => c.system === 'ceiling');
+  const withRatios = !!sr;
+  if (withRatios) head.push('shadowrelay / Postfix', 'shadowrelay / ceiling');
+  out.push(`| ${head.join(' | ')} |`);
+  out.push(`|${head.map(() => '---').join('|')}|`);
+  const row = (name: string, get: (s: SystemResult) => number | null | undefined, fmt: (x: number | null | undefined) => string, ratios = true) => {
+    const cells = cols.map((c) => (c.skipped ? 'skipped' : c.error ? 'error' : fmt(get(c))));
+    if (withRatios) {
+      cells.push(ratios && pf ? fr(ratio(get(sr!), get(pf))) : '', ratios && ce ? fr(ratio(get(sr!), get(ce))) : '');
+    }
+    out.push(`| ${name} | ${cells.join(' | ')} |`);
+  };
+  const p = r.params;
+  row(`accepted msg/s (C=${p.sessions}, ${kb(Number(p.size))}, ${p.messages} msgs)`, (s) => s.small?.acceptedPerSec, f0);
+  row(`end-to-end msg/s (last message at the sink)`, (s) => s.small?.endToEndPerSec ?? (s.system === 'ceiling' ? s.small?.acceptedPerSec : null), f0);
+  row(`accept latency p50, ms (C=${p.sessions}, Node generator)`, (s) => s.latency?.p50Ms, f2);
+  row(`accept latency p99, ms (C=${p.sessions})`, (s) => s.latency?.p99Ms, f2);
+  row(`  (that pass's accepted msg/s)`, (s) => s.latency?.acceptedPerSec, f0);
+  row(`serial ms per message (C=1, ${kb(Number(p.size))}, connect to QUIT)`, (s) => s.serial?.msPerMessage, f2);
+  row(`serial accept latency p50, ms (C=1)`, (s) => s.serial?.latency.p50Ms, f2);
+  row(`serial accept latency p99, ms (C=1)`, (s) => s.serial?.latency.p99Ms, f2);
+  row(`accepted msg/s (C=${p.sessions}, ${kb(Number(p.largeSize))}, ${p.largeMessages} msgs)`, (s) => s.large?.acceptedPerSec, f2);
+  row(`end-to-end msg/s (${kb(Number(p.largeSize))})`, (s) => s.large?.endToEndPerSec ?? (s.system === 'ceiling' ? s.large?.acceptedPerSec : null), f2);
+  row(`accepted msg/s (C=${p.manySessions}, ${kb(Number(p.largeSize))}, ${p.manyMessages} msgs)`, (s) => s.manySessions?.acceptedPerSec, f2);
+  const memRow = (name: string, get: (s: SystemResult) => MemoryFigures | undefined) =>
+    out.push(`| ${name} | ${cols.map((c) => (c.skipped ? 'skipped' : rssCell(get(c)))).join(' | ')} |${withRatios ? ' | |' : ''}`);
+  memRow('peak RSS, MB (all passes except C=200)', (s) => s.memory);
+  memRow(`peak RSS, MB (C=${p.manySessions}, ${kb(Number(p.largeSize))})`, (s) => s.manySessions);
+  out.push('');
+  for (const c of cols) {
+    if (c.skipped) out.push(`- ${c.label}: skipped — ${c.skipped}`);
+    if (c.error) out.push(`- ${c.label}: failed — ${c.error}`);
+    if (c.loadavgBefore) out.push(`- ${c.label}: loadavg before ${la(c.loadavgBefore)}, after ${la(c.loadavgAfter)}`);
+    if (c.leftover) out.push(`- ${c.label}: left in spools after the run: ${JSON.stringify(c.leftover)}`);
+    if (c.latency?.failed) out.push(`- ${c.label}: ${c.latency.failed} refused in the latency pass, first: ${c.latency.firstError}`);
+  }
+  if (r.leak) {
+    const l = r.leak;
+    out.push('');
+    out.push(`### Leak check: ${l.minutes} min, C=${l.sessions}, ${kb(l.size)}`);
+    out.push('');
+    out.push(`${f0(l.accepted)} accepted (${f2(l.acceptedPerSec)} msg/s), ${l.failed} refused, accept p99 ${f2(l.p99Ms)} ms.`);
+    out.push('');
+    out.push('| node | peak RSS, MB | mean RSS 1st minute after warm-up, MB | mean RSS last minute, MB | growth |');
+    out.push('|---|---|---|---|---|');
+    for (const [n, v] of Object.entries(l.nodes)) {
+      out.push(`| ${n} | ${mb(v.peakRss)} | ${mb(v.firstMinuteMeanRss)} | ${mb(v.lastMinuteMeanRss)} | ${v.growthPct.toFixed(1)} % |`);
+    }
+    out.push('');
+    out.push(`Verdict: ${l.verdict}`);
+  }
+  out.push('');
+  out.push('### Targets');
+  out.push('');
+  for (const t of r.targets) out.push(`- ${t.met === null ? '–' : t.met ? 'met' : 'NOT met'}: ${t.target} — ${t.measured}`);
+  for (const n of r.notes) out.push(`- note: ${n}`);
+  return out.join('\n') + '\n';
+}
+
+function kb(bytes: number): string {
+  return bytes >= 1048576 ? `${bytes / 1048576} MB` : `${Math.round(bytes / 1024)} KB`;
+}
