@@ -10,8 +10,11 @@
  *   one buffer with its envelope, to the `Acceptor`; its answer (250 with the queue id, or
  *   the 4xx it throws) is what the client sees. Nothing else in the message is changed.
  * - A failure inside our code answers 451 4.3.0; it never crashes the process.
+ * - The 220 greeting goes out at once: smtp-server's fixed 100 ms early-talker pause is
+ *   dropped (server.ts), it capped one-connection-per-message senders at ~10 msg/s a session.
  */
-import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
+import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
+import { PromptSmtpServer } from './server.js';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { reply, SmtpReply } from './replies.js';
@@ -62,11 +65,11 @@ export function receivedHeader(
 }
 
 export class SmtpListener {
-  private readonly server: SMTPServer;
+  private readonly server: PromptSmtpServer;
 
   constructor(private readonly o: SmtpListenerOptions) {
     const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert) } : {};
-    this.server = new SMTPServer({
+    this.server = new PromptSmtpServer({
       ...tls,
       name: o.hostname,
       banner: 'shadowrelay',
