@@ -211,6 +211,46 @@ export class RssSampler {
   }
 }
 
+/** Clock ticks per second of /proc/<pid>/stat times (USER_HZ; 100 on Linux). */
+const TICKS_PER_SEC = 100;
+
+/**
+ * CPU time (user + system, plus reaped children's) of the given processes, in ms. Postfix's
+ * master reaps its daemons, so their time lands in its cutime once they exit.
+ */
+export function cpuMs(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // fields 14-17 of stat (utime stime cutime cstime) are 11-14 after the ')'
+      ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    } catch {
+      /* exited */
+    }
+  }
+  return (ticks * 1000) / TICKS_PER_SEC;
+}
+
+/** CPU used by a changing set of processes between two moments (a process seen only once counts from 0). */
+export class CpuMeter {
+  private readonly start = new Map<number, number>();
+
+  constructor(private readonly pids: () => number[]) {
+    for (const p of pids()) this.start.set(p, cpuMs([p]));
+  }
+
+  elapsedMs(): number {
+    const now = new Set(this.pids());
+    let total = 0;
+    for (const p of now) total += cpuMs([p]) - (this.start.get(p) ?? 0);
+    // a process that exited meanwhile was reaped with all its time, also the part before start
+    for (const [p, t] of this.start) if (!now.has(p)) total -= t;
+    return total;
+  }
+}
+
 export function loadavg(): [number, number, number] {
   const [a, b, c] = os.loadavg();
   return [round2(a!), round2(b!), round2(c!)];

@@ -14,6 +14,8 @@ export interface ThroughputFigures {
   endToEndPerSec: number | null;
   wallMs: number;
   endToEndMs: number | null;
+  /** CPU (user+system) of the system's processes per message, until the last one reached the sink */
+  cpuMsPerMessage: number | null;
 }
 
 export interface LatencyFigures {
@@ -154,6 +156,7 @@ export function markdown(r: BenchReport): string {
   const p = r.params;
   row(`accepted msg/s (C=${p.sessions}, ${kb(Number(p.size))}, ${p.messages} msgs)`, (s) => s.small?.acceptedPerSec, f0);
   row(`end-to-end msg/s (last message at the sink)`, (s) => s.small?.endToEndPerSec ?? (s.system === 'ceiling' ? s.small?.acceptedPerSec : null), f0);
+  row(`CPU ms per message (all the system's processes)`, (s) => s.small?.cpuMsPerMessage, f2);
   row(`accept latency p50, ms (C=${p.sessions}, Node generator)`, (s) => s.latency?.p50Ms, f2);
   row(`accept latency p99, ms (C=${p.sessions})`, (s) => s.latency?.p99Ms, f2);
   row(`  (that pass's accepted msg/s)`, (s) => s.latency?.acceptedPerSec, f0);

@@ -23,7 +23,7 @@ import { runLoad, percentile, type LoadResult } from './loadgen.js';
 import { runSmtpSource } from './smtp-source.js';
 import { postfixUnavailable, startPostfix } from './postfix.js';
 import { startPair, type RunningPair } from './shadowrelay.js';
-import { findBinary, loadavg, peakRss, Registry, resetPeakRss, RssSampler, round2 } from './procs.js';
+import { CpuMeter, findBinary, loadavg, peakRss, Registry, resetPeakRss, RssSampler, round2 } from './procs.js';
 import {
   judgeTargets,
   markdown,
@@ -47,6 +47,7 @@ const { values: argv } = parseArgs({
     'many-messages': { type: 'string', default: '400' },
     'delivery-concurrency': { type: 'string', default: '20' },
     systems: { type: 'string', default: 'ceiling,postfix,shadowrelay,shadowrelay-info' },
+    passes: { type: 'string', default: 'small,latency,serial,large,many' },
     generator: { type: 'string', default: 'auto' },
     sink: { type: 'string', default: 'auto' },
     json: { type: 'string' },
@@ -70,6 +71,7 @@ if (argv.help) {
   --many-messages N       messages in that pass (400)
   --delivery-concurrency N  shadowrelay delivery.concurrency (20, Postfix's default destination concurrency)
   --systems LIST          ceiling,postfix,shadowrelay,shadowrelay-info
+  --passes LIST           small,latency,serial,large,many (for quick comparisons while optimising)
   --generator auto|node   smtp-source when installed, else the Node generator
   --sink auto|node        smtp-sink when installed, else a Node sink
   --json FILE             where to write the JSON (default: a file in the temp folder)
@@ -102,6 +104,7 @@ const P = {
   deliveryConcurrency: num('delivery-concurrency'),
 };
 
+const passes = new Set(String(argv.passes).split(','));
 const say = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 const reg = new Registry();
 const smtpSource = argv.generator === 'node' ? null : findBinary('smtp-source');
@@ -111,10 +114,13 @@ interface Target {
   port: number;
   /** false for the sink alone: accepted there is the end */
   relays: boolean;
+  /** the system's processes right now (CPU accounting) */
+  pids: () => number[];
 }
 
 async function throughput(t: Target, sink: BenchSink, o: { sessions: number; messages: number; size: number }): Promise<ThroughputFigures> {
   const base = sink.count;
+  const cpu = new CpuMeter(t.pids);
   const t0 = performance.now();
   let accepted: number;
   let wallMs: number;
@@ -128,6 +134,7 @@ async function throughput(t: Target, sink: BenchSink, o: { sessions: number; mes
   let endToEndMs: number | null = null;
   if (t.relays) endToEndMs = (await sink.waitCount(base + accepted, Math.max(120000, wallMs * 20))) - t0;
   else await sink.waitCount(base + accepted, 30000);
+  const cpuMs = cpu.elapsedMs();
   return {
     ...o,
     generator: smtpSource ? 'smtp-source' : 'node',
@@ -136,6 +143,7 @@ async function throughput(t: Target, sink: BenchSink, o: { sessions: number; mes
     endToEndPerSec: endToEndMs === null ? null : round2((accepted / endToEndMs) * 1000),
     wallMs: Math.round(wallMs),
     endToEndMs: endToEndMs === null ? null : Math.round(endToEndMs),
+    cpuMsPerMessage: accepted ? round2(cpuMs / accepted) : null,
   };
 }
 
@@ -175,27 +183,37 @@ async function serial(t: Target, sink: BenchSink): Promise<SystemResult['serial'
 
 /** The standard passes against one system. `pids` are the processes whose peak RSS counts. */
 async function standardPasses(res: SystemResult, t: Target, sink: BenchSink, mem: Memory): Promise<void> {
-  const small = { sessions: P.sessions, messages: P.messages, size: P.size };
-  say(`${res.label}: ${small.messages} × ${small.size} B, C=${small.sessions}`);
-  res.small = await throughput(t, sink, small);
-  say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec ?? '–'} end-to-end`);
-  say(`${res.label}: latency pass, ${P.latencyMessages} messages, C=${P.sessions}`);
-  res.latency = await latency(t, sink, { sessions: P.sessions, messages: P.latencyMessages, size: P.size });
-  say(`${res.label}:   p50 ${res.latency.p50Ms} ms, p99 ${res.latency.p99Ms} ms`);
-  say(`${res.label}: serial pass, ${P.serialMessages} messages, C=1`);
-  res.serial = await serial(t, sink);
-  say(`${res.label}:   ${res.serial?.msPerMessage ?? '–'} ms per message, accept p50 ${res.serial?.latency.p50Ms} ms`);
-  const large = { sessions: P.sessions, messages: P.largeMessages, size: P.largeSize };
-  say(`${res.label}: ${large.messages} × ${large.size} B, C=${large.sessions}`);
-  res.large = await throughput(t, sink, large);
-  say(`${res.label}:   ${res.large.acceptedPerSec} accepted msg/s`);
+  if (passes.has('small')) {
+    const small = { sessions: P.sessions, messages: P.messages, size: P.size };
+    say(`${res.label}: ${small.messages} × ${small.size} B, C=${small.sessions}`);
+    res.small = await throughput(t, sink, small);
+    say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec ?? '–'} end-to-end, ${res.small.cpuMsPerMessage} CPU ms/msg`);
+  }
+  if (passes.has('latency')) {
+    say(`${res.label}: latency pass, ${P.latencyMessages} messages, C=${P.sessions}`);
+    res.latency = await latency(t, sink, { sessions: P.sessions, messages: P.latencyMessages, size: P.size });
+    say(`${res.label}:   p50 ${res.latency.p50Ms} ms, p99 ${res.latency.p99Ms} ms, ${res.latency.acceptedPerSec} msg/s`);
+  }
+  if (passes.has('serial')) {
+    say(`${res.label}: serial pass, ${P.serialMessages} messages, C=1`);
+    res.serial = await serial(t, sink);
+    say(`${res.label}:   ${res.serial?.msPerMessage ?? '–'} ms per message, accept p50 ${res.serial?.latency.p50Ms} ms`);
+  }
+  if (passes.has('large')) {
+    const large = { sessions: P.sessions, messages: P.largeMessages, size: P.largeSize };
+    say(`${res.label}: ${large.messages} × ${large.size} B, C=${large.sessions}`);
+    res.large = await throughput(t, sink, large);
+    say(`${res.label}:   ${res.large.acceptedPerSec} accepted msg/s, ${res.large.cpuMsPerMessage} CPU ms/msg`);
+  }
   res.memory = { peakRss: mem.read() };
-  const many = { sessions: P.manySessions, messages: P.manyMessages, size: P.largeSize };
-  say(`${res.label}: ${many.messages} × ${many.size} B, C=${many.sessions}`);
-  mem.reset();
-  const m = await throughput(t, sink, many);
-  res.manySessions = { ...m, peakRss: mem.read() };
-  say(`${res.label}:   ${m.acceptedPerSec} accepted msg/s, peak RSS ${JSON.stringify(res.manySessions.peakRss)}`);
+  if (passes.has('many')) {
+    const many = { sessions: P.manySessions, messages: P.manyMessages, size: P.largeSize };
+    say(`${res.label}: ${many.messages} × ${many.size} B, C=${many.sessions}`);
+    mem.reset();
+    const m = await throughput(t, sink, many);
+    res.manySessions = { ...m, peakRss: mem.read() };
+    say(`${res.label}:   ${m.acceptedPerSec} accepted msg/s, peak RSS ${JSON.stringify(res.manySessions.peakRss)}`);
+  }
 }
 
 /** Peak memory of the processes of one system, resettable between phases. */
@@ -258,7 +276,7 @@ async function shadowrelaySystem(res: SystemResult, logLevel: string, full: bool
   const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
   const pair = await startPair(reg, { sinkPort: sink.port, logLevel, deliveryConcurrency: P.deliveryConcurrency, cpuProfDir });
   try {
-    const t = { port: pair.a.smtpPort, relays: true };
+    const t = { port: pair.a.smtpPort, relays: true, pids: () => [pair.a.pid, pair.b.pid] };
     if (full) {
       await standardPasses(res, t, sink, nodeMemory([pair.a, pair.b]));
     } else {
@@ -266,7 +284,7 @@ async function shadowrelaySystem(res: SystemResult, logLevel: string, full: bool
       say(`${res.label}: ${P.messages} × ${P.size} B, C=${P.sessions}`);
       res.small = await throughput(t, sink, { sessions: P.sessions, messages: P.messages, size: P.size });
       res.memory = { peakRss: mem.read() };
-      say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec} end-to-end`);
+      say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec} end-to-end, ${res.small.cpuMsPerMessage} CPU ms/msg`);
     }
     res.leftover = await waitDrained(pair, 15000);
   } finally {
@@ -357,7 +375,7 @@ async function main(): Promise<number> {
         await runSystem(res, async () => {
           const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
           try {
-            await standardPasses(res, { port: sink.port, relays: false }, sink, treeMemory('sink', () => [sink.pid]));
+            await standardPasses(res, { port: sink.port, relays: false, pids: () => [sink.pid] }, sink, treeMemory('sink', () => [sink.pid]));
           } finally {
             await sink.stop();
           }
@@ -379,7 +397,7 @@ async function main(): Promise<number> {
             res.label = `Postfix ${pf.version}`;
             report.tools.postfix = pf.version;
             try {
-              await standardPasses(res, { port: pf.port, relays: true }, sink, treeMemory('all processes', pf.pids));
+              await standardPasses(res, { port: pf.port, relays: true, pids: pf.pids }, sink, treeMemory('all processes', pf.pids));
             } finally {
               await pf.stop();
               await sink.stop();
