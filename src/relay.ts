@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
 import { parseHostPort } from './config/index.js';
-import { Spool } from './spool/index.js';
+import type { Spool } from './spool/index.js';
+import { ThreadedSpool } from './spool/thread.js';
 import { ShadowLink } from './shadow/index.js';
 import { SmtpListener } from './smtp/index.js';
 import { NetworkList } from './smtp/networks.js';
@@ -39,7 +40,10 @@ export class Relay {
 
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
     const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level);
-    const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name });
+    // writes run on the spool's own thread (spool/thread.ts): fsyncs never stall the loop
+    const spool = await ThreadedSpool.openThreaded(cfg.node.dataDir, { node: cfg.node.name }, (err) =>
+      log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart'),
+    );
     const recovered = spool.recover();
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
 

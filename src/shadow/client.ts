@@ -98,7 +98,8 @@ export class PeerClient {
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => finish(null, status, Buffer.concat(chunks)));
       req.on('error', (e: NodeJS.ErrnoException) => finish(new PeerError(`peer ${this.o.name}: ${e.code ?? e.message}`, 'unreachable')));
-      req.on('close', () => finish(new PeerError(`peer ${this.o.name}: stream closed without reply`, 'unreachable')));
+      // 'close' follows every request; build its error (a stack capture) only when it is news
+      req.on('close', () => done || finish(new PeerError(`peer ${this.o.name}: stream closed without reply`, 'unreachable')));
       req.end(body);
     });
   }

@@ -130,7 +130,7 @@ export class ShadowLink {
    * PeerError when no peer confirmed in time.
    */
   async replicate(m: ReplicateInput): Promise<string> {
-    let last: Error = new PeerError('no peer configured', 'unreachable');
+    let last: Error | undefined;
     for (const c of this.clients) {
       try {
         await c.put(
@@ -146,7 +146,7 @@ export class ShadowLink {
         if ((e as PeerError).kind !== 'refused') this.failed(c.name, last);
       }
     }
-    throw last;
+    throw last ?? new PeerError('no peer configured', 'unreachable');
   }
 
   /** Asks the pump to send owed discards soon (coalesced). */

@@ -6,7 +6,8 @@
  *   a resolved write promise means the change is on disk (our 250 is a durability promise).
  * - Writes are group-committed: all writes issued in the same event-loop turn run in one
  *   transaction (one fsync), each inside its own savepoint so one failing write does not
- *   undo the others. Reads are synchronous.
+ *   undo the others. Reads are synchronous. The daemon runs the writes on a thread of their
+ *   own (thread.ts: fsyncs never stall the event loop) and reads on a second connection.
  * - Roles: `primary` (this node accepted it and delivers it) and `shadow` (a copy held for
  *   the peer named in `origin`, never delivered unless promoted).
  * - Primary states: `spooled` (written, shadow copy not yet confirmed, no 250 given) →
@@ -153,7 +154,7 @@ export class Spool {
   private closed = false;
   private readonly st: ReturnType<Spool['prepare']>;
 
-  private constructor(
+  protected constructor(
     db: Database.Database,
     file: string,
     private readonly opts: SpoolOptions,
@@ -263,7 +264,7 @@ export class Spool {
   }
 
   /** Runs `fn` in the next group commit; resolves once it is durable. */
-  private write<T>(fn: () => T): Promise<T> {
+  protected write<T>(fn: () => T): Promise<T> {
     if (this.closed) return Promise.reject(new Error('spool is closed'));
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });

@@ -1,0 +1,51 @@
+/**
+ * The spool's writer thread (see thread.ts): owns the writable connection, runs the write
+ * methods it is sent, answers each once its transaction is durable. Calls that arrive while
+ * a commit (fsync) is running land in the next transaction.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { Spool, type SpoolOptions } from './index.js';
+import { toWire, WRITES, type WriterReply, type WriterRequest } from './thread.js';
+
+const port = parentPort!;
+const { dataDir, opts } = workerData as { dataDir: string; opts: SpoolOptions };
+const allowed = new Set<string>(WRITES);
+
+/** Structured clone turns Buffers into plain Uint8Arrays; SQLite binds Buffers. */
+function revive(x: unknown): unknown {
+  if (x instanceof Uint8Array) return Buffer.isBuffer(x) ? x : Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+  if (Array.isArray(x)) return x.map(revive);
+  if (x && typeof x === 'object') {
+    const o = x as Record<string, unknown>;
+    for (const k of Object.keys(o)) o[k] = revive(o[k]);
+  }
+  return x;
+}
+
+const send = (m: WriterReply) => port.postMessage(m);
+
+let spool: Spool;
+try {
+  spool = Spool.open(dataDir, { ...opts, readonly: false });
+  send({ type: 'ready', recovered: spool.recover() });
+} catch (e) {
+  send({ type: 'failed', error: toWire(e) });
+  process.exit(1);
+}
+
+port.on('message', (m: WriterRequest) => {
+  if (m.type === 'close') {
+    void spool.close().finally(() => send({ type: 'closed' }));
+    return;
+  }
+  const { seq, method, args } = m;
+  if (!allowed.has(method)) {
+    send({ type: 'result', seq, ok: false, error: { name: 'Error', message: `spool writer: unknown method ${method}` } });
+    return;
+  }
+  const fn = spool[method] as (...a: unknown[]) => Promise<unknown>;
+  fn.apply(spool, revive(args) as unknown[]).then(
+    (value) => send({ type: 'result', seq, ok: true, value }),
+    (e: unknown) => send({ type: 'result', seq, ok: false, error: toWire(e) }),
+  );
+});
