@@ -84,6 +84,7 @@ export class Relay {
       hostname: cfg.smtp.hostname,
       maxMessageSize: cfg.smtp.maxMessageSize,
       maxRecipients: cfg.smtp.maxRecipients,
+      maxBytesInFlight: cfg.smtp.maxBytesInFlight,
       socketTimeoutMs: cfg.smtp.socketTimeoutMs,
       allowedNetworks: new NetworkList(cfg.smtp.allowedNetworks),
       tls: cfg.smtp.tls,

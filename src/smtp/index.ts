@@ -12,9 +12,12 @@
  * - A failure inside our code answers 451 4.3.0; it never crashes the process.
  * - The 220 greeting goes out at once: smtp-server's fixed 100 ms early-talker pause is
  *   dropped (server.ts), it capped one-connection-per-message senders at ~10 msg/s a session.
+ * - Bodies held at once (being received or accepted) are bounded by `smtp.maxBytesInFlight`
+ *   (gate.ts): past it, new bodies wait and are not read, so TCP holds their clients back.
  */
 import type { SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import { PromptSmtpServer } from './server.js';
+import { BodyGate, type GateTicket } from './gate.js';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { reply, SmtpReply } from './replies.js';
@@ -42,6 +45,8 @@ export interface SmtpListenerOptions {
   hostname: string;
   maxMessageSize: number;
   maxRecipients: number;
+  /** bytes of message bodies held at once, being received or accepted (gate.ts) */
+  maxBytesInFlight: number;
   socketTimeoutMs: number;
   allowedNetworks: NetworkList;
   tls?: { cert: string; key: string };
@@ -66,8 +71,10 @@ export function receivedHeader(
 
 export class SmtpListener {
   private readonly server: PromptSmtpServer;
+  private readonly gate: BodyGate;
 
   constructor(private readonly o: SmtpListenerOptions) {
+    this.gate = new BodyGate(o.maxBytesInFlight);
     const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert) } : {};
     this.server = new PromptSmtpServer({
       ...tls,
@@ -111,16 +118,44 @@ export class SmtpListener {
     session: SMTPServerSession,
     cb: (err?: Error | null, message?: string) => void,
   ): void {
+    // the body is read only once the gate admits it (until then TCP holds the client back)
+    const args = session.envelope.mailFrom ? (session.envelope.mailFrom.args as Record<string, string> | false) : false;
+    void this.gate.enter(Number(args && args.SIZE) || undefined).then((ticket) => {
+      if (stream.destroyed) return ticket.release(); // the client left while it waited
+      this.readBody(stream, session, cb, ticket);
+    });
+  }
+
+  private readBody(
+    stream: SMTPServerDataStream,
+    session: SMTPServerSession,
+    cb: (err?: Error | null, message?: string) => void,
+    ticket: GateTicket,
+  ): void {
     const chunks: Buffer[] = [];
     let size = 0;
+    let ended = false;
     stream.on('data', (c: Buffer) => {
       // past the limit, keep reading (the client must get its 552) but stop storing
       if (size <= this.o.maxMessageSize) chunks.push(c);
       size += c.length;
+      if (!ticket.add(c.length)) {
+        stream.pause();
+        ticket.resume(() => stream.resume());
+      }
     });
-    stream.once('error', (err) => cb(reply(451, '4.3.0', `Error: ${err.message}`)));
+    stream.once('close', () => ended || ticket.release());
+    stream.once('error', (err) => {
+      ticket.release();
+      cb(reply(451, '4.3.0', `Error: ${err.message}`));
+    });
     stream.once('end', () => {
-      if (stream.sizeExceeded) return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      ended = true;
+      ticket.received();
+      if (stream.sizeExceeded) {
+        ticket.release();
+        return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      }
       const now = new Date();
       const id = newQueueId(now.getTime());
       const recipients = session.envelope.rcptTo.map((r) => r.address);
@@ -134,6 +169,7 @@ export class SmtpListener {
       const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
       this.o.acceptor
         .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
+        .finally(() => ticket.release())
         .then(
           (text) => cb(null, text),
           (err: unknown) => {
