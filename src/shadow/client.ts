@@ -68,7 +68,7 @@ export class PeerClient {
   }
 
   /** One request with a deadline. Resolves with status and body; rejects with PeerError. */
-  request(method: string, path: string, body: Buffer, timeoutMs: number): Promise<{ status: number; body: Buffer }> {
+  request(method: string, path: string, body: Buffer | Buffer[], timeoutMs: number): Promise<{ status: number; body: Buffer }> {
     if (this.closed) return Promise.reject(new PeerError('client closed', 'unreachable'));
     return new Promise((resolve, reject) => {
       let session: http2.ClientHttp2Session;
@@ -100,11 +100,16 @@ export class PeerClient {
       req.on('error', (e: NodeJS.ErrnoException) => finish(new PeerError(`peer ${this.o.name}: ${e.code ?? e.message}`, 'unreachable')));
       // 'close' follows every request; build its error (a stack capture) only when it is news
       req.on('close', () => done || finish(new PeerError(`peer ${this.o.name}: stream closed without reply`, 'unreachable')));
-      req.end(body);
+      if (Array.isArray(body)) {
+        for (const part of body.slice(0, -1)) req.write(part);
+        req.end(body[body.length - 1]);
+      } else {
+        req.end(body);
+      }
     });
   }
 
-  private async json<T>(method: string, path: string, body: Buffer, timeoutMs: number, ok: number): Promise<T> {
+  private async json<T>(method: string, path: string, body: Buffer | Buffer[], timeoutMs: number, ok: number): Promise<T> {
     const r = await this.request(method, path, body, timeoutMs);
     if (r.status !== ok) {
       let msg = r.body.toString('utf8').slice(0, 200);

@@ -22,11 +22,13 @@ export interface HeartbeatBody {
 
 export const ID_RE = /^[A-Za-z0-9]{8,64}$/;
 
-export function encodePut(meta: PutMeta, raw: Buffer): Buffer {
-  const json = Buffer.from(JSON.stringify(meta));
-  const head = Buffer.allocUnsafe(4);
-  head.writeUInt32BE(json.length, 0);
-  return Buffer.concat([head, json, raw]);
+/** The PUT body as parts to write in turn (the message bytes are not copied). */
+export function encodePut(meta: PutMeta, raw: Buffer): Buffer[] {
+  const json = JSON.stringify(meta);
+  const head = Buffer.allocUnsafe(4 + Buffer.byteLength(json));
+  head.writeUInt32BE(head.length - 4, 0);
+  head.write(json, 4);
+  return [head, raw];
 }
 
 export class ProtocolError extends Error {}

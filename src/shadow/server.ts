@@ -146,7 +146,7 @@ export class ShadowServer {
         sender: meta.sender,
         recipients: meta.recipients,
         receivedAt: meta.receivedAt,
-        body: Buffer.from(raw),
+        body: raw,
       });
       this.o.log.info({ id, peer, size: raw.length, result }, 'shadow stored');
       return [201, { result }];
