@@ -1,6 +1,7 @@
 /**
  * The acceptance step — the heart of the guarantee:
- *   spool locally (fsync) → shadow copy confirmed on a peer's disk → mark accepted (fsync) → 250.
+ *   [spool locally (fsync) ‖ shadow copy confirmed on a peer's disk] → mark accepted (fsync) → 250.
+ * (The two writes run in parallel; the 250 needs both.)
  * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
  * a discard is owed to the peers in case one stored a late copy. With the operator's
  * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
@@ -41,20 +42,35 @@ export class ShadowedAcceptor implements Acceptor {
     const { spool, log } = this.o;
     const t0 = process.hrtime.bigint();
     const client = m.client.address;
-    try {
-      await spool.spoolPrimary({ id: m.id, sender: m.sender, recipients: m.recipients, body: m.body, receivedAt: m.receivedAt, client });
-    } catch (err) {
+    // The local write and the shadow copy run at the same time: the 250 waits for both, so
+    // the guarantee is the same, and the client waits for one fsync less. A copy the peer
+    // stores while the local write fails (452) or the node dies is an orphan, as with a 451:
+    // a discard is owed, and the peer's orphan check drops what this node does not know.
+    const local = spool
+      .spoolPrimary({ id: m.id, sender: m.sender, recipients: m.recipients, body: m.body, receivedAt: m.receivedAt, client })
+      .then(
+        () => null,
+        (err: unknown) => err as Error,
+      );
+    const shadow = this.o.replicator.replicate(m).then(
+      (peer) => ({ peer, err: null }),
+      (err: unknown) => ({ peer: null, err: err as Error }),
+    );
+    const localErr = await local;
+    if (localErr) {
       this.counters.refusedStorage++;
-      log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
+      log.error({ id: m.id, err: localErr.message }, 'spool write failed');
+      void shadow.then((r) => (r.err ? undefined : spool.dropUnacked(m.id, this.o.peerNames))).catch(() => undefined);
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
 
     let peer: string | null;
-    try {
-      peer = await this.o.replicator.replicate(m);
-    } catch (err) {
-      const reason = (err as Error).message;
+    const replicated = await shadow;
+    if (!replicated.err) {
+      peer = replicated.peer;
+    } else {
+      const reason = replicated.err.message;
       if (this.o.onFailure === 'accept') {
         peer = null;
         this.counters.degraded++;
