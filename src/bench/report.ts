@@ -9,6 +9,9 @@ export interface ThroughputFigures {
   size: number;
   generator: 'smtp-source' | 'node';
   accepted: number;
+  /** refused messages (the Node generator goes on after a refusal; smtp-source stops) */
+  refused: number;
+  firstRefusal: string | null;
   acceptedPerSec: number;
   /** null for the sink alone (accepting is the end) */
   endToEndPerSec: number | null;
@@ -165,7 +168,7 @@ export function markdown(r: BenchReport): string {
   row(`serial accept latency p99, ms (C=1)`, (s) => s.serial?.latency.p99Ms, f2);
   row(`accepted msg/s (C=${p.sessions}, ${kb(Number(p.largeSize))}, ${p.largeMessages} msgs)`, (s) => s.large?.acceptedPerSec, f2);
   row(`end-to-end msg/s (${kb(Number(p.largeSize))})`, (s) => s.large?.endToEndPerSec ?? (s.system === 'ceiling' ? s.large?.acceptedPerSec : null), f2);
-  row(`accepted msg/s (C=${p.manySessions}, ${kb(Number(p.largeSize))}, ${p.manyMessages} msgs)`, (s) => s.manySessions?.acceptedPerSec, f2);
+  row(`accepted msg/s (C=${p.manySessions}, ${kb(Number(p.largeSize))}, ${p.manyMessages} msgs, Node generator)`, (s) => s.manySessions?.acceptedPerSec, f2);
   const memRow = (name: string, get: (s: SystemResult) => MemoryFigures | undefined) =>
     out.push(`| ${name} | ${cols.map((c) => (c.skipped ? 'skipped' : rssCell(get(c)))).join(' | ')} |${withRatios ? ' | |' : ''}`);
   memRow('peak RSS, MB (all passes except C=200)', (s) => s.memory);
@@ -177,6 +180,7 @@ export function markdown(r: BenchReport): string {
     if (c.loadavgBefore) out.push(`- ${c.label}: loadavg before ${la(c.loadavgBefore)}, after ${la(c.loadavgAfter)}`);
     if (c.leftover) out.push(`- ${c.label}: left in spools after the run: ${JSON.stringify(c.leftover)}`);
     if (c.latency?.failed) out.push(`- ${c.label}: ${c.latency.failed} refused in the latency pass, first: ${c.latency.firstError}`);
+    if (c.manySessions?.refused) out.push(`- ${c.label}: ${c.manySessions.refused} refused in the C=${p.manySessions} pass, first: ${c.manySessions.firstRefusal}`);
   }
   if (r.leak) {
     const l = r.leak;
