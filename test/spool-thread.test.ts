@@ -98,3 +98,18 @@ describe('threaded spool', () => {
     expect(fatal.length).toBe(1);
   });
 });
+
+describe('shared message bodies', () => {
+  it('sharedConcat joins parts into memory a worker thread shares instead of copying', async () => {
+    const { sharedConcat } = await import('../src/core/buffers.js');
+    const b = sharedConcat([Buffer.from('Received: x\r\n'), Buffer.from('body'), Buffer.from('!')]);
+    expect(b.toString()).toBe('Received: x\r\nbody!');
+    expect(b.buffer).toBeInstanceOf(SharedArrayBuffer);
+    // a declared total shorter than the parts stops there (like Buffer.concat)
+    expect(sharedConcat([Buffer.from('abc'), Buffer.from('def')], 4).toString()).toBe('abcd');
+    // the spool thread stores a shared body like any other
+    const { spool } = await open();
+    await spool.spoolPrimary({ ...msg('GGGGGGGG0001'), body: b });
+    expect(spool.getWithBody('GGGGGGGG0001')!.body.toString()).toBe('Received: x\r\nbody!');
+  });
+});

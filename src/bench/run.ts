@@ -52,6 +52,7 @@ const { values: argv } = parseArgs({
     sink: { type: 'string', default: 'auto' },
     json: { type: 'string' },
     'cpu-prof': { type: 'string' },
+    'relay-config': { type: 'string' },
     long: { type: 'boolean', default: false },
     'long-minutes': { type: 'string', default: '10' },
     help: { type: 'boolean', default: false },
@@ -76,6 +77,7 @@ if (argv.help) {
   --sink auto|node        smtp-sink when installed, else a Node sink
   --json FILE             where to write the JSON (default: a file in the temp folder)
   --cpu-prof DIR          write V8 CPU profiles of the shadowrelay nodes (log level warn) into DIR
+  --relay-config JSON     merged into both shadowrelay nodes' configs, e.g. '{"smtp":{"maxBytesInFlight":8388608}}'
   --long                  run only the leak check: C=200, 1 MB, 10 minutes
   --long-minutes N        length of the leak check (10)
 `);
@@ -105,6 +107,13 @@ const P = {
 };
 
 const passes = new Set(String(argv.passes).split(','));
+let relayConfig: Record<string, unknown> = {};
+try {
+  relayConfig = argv['relay-config'] ? (JSON.parse(argv['relay-config']) as Record<string, unknown>) : {};
+} catch {
+  process.stderr.write('bench: --relay-config must be a JSON object\n');
+  process.exit(1);
+}
 const say = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 const reg = new Registry();
 const smtpSource = argv.generator === 'node' ? null : findBinary('smtp-source');
@@ -285,7 +294,7 @@ async function waitDrained(pair: RunningPair, timeoutMs: number): Promise<Record
 
 async function shadowrelaySystem(res: SystemResult, logLevel: string, full: boolean, cpuProfDir?: string): Promise<void> {
   const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
-  const pair = await startPair(reg, { sinkPort: sink.port, logLevel, deliveryConcurrency: P.deliveryConcurrency, cpuProfDir });
+  const pair = await startPair(reg, { sinkPort: sink.port, logLevel, deliveryConcurrency: P.deliveryConcurrency, cpuProfDir, config: relayConfig });
   try {
     const t = { port: pair.a.smtpPort, relays: true, pids: () => [pair.a.pid, pair.b.pid] };
     if (full) {
@@ -306,7 +315,7 @@ async function shadowrelaySystem(res: SystemResult, logLevel: string, full: bool
 
 async function leakCheck(minutes: number): Promise<LeakCheck> {
   const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
-  const pair = await startPair(reg, { sinkPort: sink.port, logLevel: 'warn', deliveryConcurrency: P.deliveryConcurrency });
+  const pair = await startPair(reg, { sinkPort: sink.port, logLevel: 'warn', deliveryConcurrency: P.deliveryConcurrency, config: relayConfig });
   try {
     const nodes = [pair.a, pair.b];
     const sampler = new RssSampler(() => nodes.map((n) => n.pid), 5000, true).start();
@@ -368,7 +377,7 @@ async function main(): Promise<number> {
       sink: argv.sink !== 'node' && findBinary('smtp-sink') ? 'smtp-sink' : 'Node sink (smtp-sink not installed)',
       postfix: null,
     },
-    params: { ...P, long: argv.long },
+    params: { ...P, long: argv.long, relayConfig: JSON.stringify(relayConfig) },
     systems: [],
     targets: [],
     notes: [],

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ChildProcess } from 'node:child_process';
-import { writePairConfigs } from '../pair.js';
+import { deepMerge, writePairConfigs } from '../pair.js';
 import { freePort } from '../core/net.js';
 import { Spool } from '../spool/index.js';
 import { httpStatus, stopChild, type Registry } from './procs.js';
@@ -21,6 +21,8 @@ export interface PairOptions {
   deliveryConcurrency: number;
   /** write V8 CPU profiles of both nodes into this folder */
   cpuProfDir?: string;
+  /** merged into both nodes' config documents last */
+  config?: Record<string, unknown>;
 }
 
 export interface RelayNode {
@@ -52,12 +54,15 @@ export async function startPair(reg: Registry, o: PairOptions): Promise<RunningP
   const files = await writePairConfigs({
     dir,
     sinkPort: o.sinkPort,
-    overrides: {
-      log: { level: o.logLevel },
-      delivery: { concurrency: o.deliveryConcurrency },
-      // the largest benchmark message plus headroom
-      smtp: { maxMessageSize: 64 * 1024 * 1024 },
-    },
+    overrides: deepMerge(
+      {
+        log: { level: o.logLevel },
+        delivery: { concurrency: o.deliveryConcurrency },
+        // the largest benchmark message plus headroom
+        smtp: { maxMessageSize: 64 * 1024 * 1024 },
+      },
+      o.config ?? {},
+    ),
     nodeOverrides: Object.fromEntries(
       names.map((n) => [n, { smtp: { listen: `127.0.0.1:${ports[n]!.smtp}` }, admin: { listen: `127.0.0.1:${ports[n]!.admin}` } }]),
     ),

@@ -73,7 +73,7 @@ const schema = z
         maxMessageSize: positiveInt.default(26214400),
         maxRecipients: positiveInt.default(100),
         // message bodies held at once while being received and accepted (memory bound)
-        maxBytesInFlight: positiveInt.default(32 * 1024 * 1024),
+        maxBytesInFlight: positiveInt.default(16 * 1024 * 1024),
         // RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes for a client.
         socketTimeoutMs: positiveInt.default(300000),
         tls: z.object({ cert: fileRef, key: fileRef }).strict().optional(),

@@ -8,6 +8,7 @@ import type { TLSSocket, PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import { decodePut, ID_RE, ProtocolError, type HeartbeatBody } from './protocol.js';
+import { sharedConcat } from '../core/buffers.js';
 
 export interface TlsFiles {
   ca: Buffer;
@@ -121,7 +122,7 @@ export class ShadowServer {
     });
     stream.on('end', () => {
       if (tooBig) return reply(stream, 413, { error: 'body exceeds maxMessageSize' });
-      const body = Buffer.concat(chunks, size);
+      const body = sharedConcat(chunks, size);
       this.handle(peer, String(method), url, body).then(
         ([status, json]) => reply(stream, status, json),
         (err: unknown) => {

@@ -23,6 +23,7 @@ import type { Logger } from 'pino';
 import { reply, SmtpReply } from './replies.js';
 import type { NetworkList } from './networks.js';
 import { newQueueId } from '../core/ids.js';
+import { sharedConcat } from '../core/buffers.js';
 
 export { SmtpReply, reply } from './replies.js';
 
@@ -166,7 +167,7 @@ export class SmtpListener {
         { helo, address: session.remoteAddress, protocol: session.transmissionType, id, recipients },
         now,
       );
-      const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
+      const body = sharedConcat([Buffer.from(received, 'latin1'), ...chunks]);
       this.o.acceptor
         .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
         .finally(() => ticket.release())
