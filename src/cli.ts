@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * cli — `shadowrelay start | check-config | queue list | certs init | demo`.
+ * cli — `shadowrelay start | check-config | queue list | certs init | hash-password | demo`.
  * Exit codes: 0 ok, 1 configuration or usage error, 2 runtime failure.
  */
 import { Command } from 'commander';
@@ -102,6 +102,27 @@ certs
   .action(async (o: { out: string; nodes: string }) => {
     const names = o.nodes.split(',').map((s) => s.trim()).filter(Boolean);
     for (const f of await writeCertSet(o.out, names)) process.stdout.write(f + '\n');
+  });
+
+program
+  .command('hash-password')
+  .description('print a password hash for smtp.auth.users (reads the password from a prompt or stdin)')
+  .option('--algorithm <name>', 'scrypt or argon2id', 'scrypt')
+  .option('--password <password>', 'the password itself (visible in the process list and shell history: prefer stdin)')
+  .action(async (o: { algorithm: string; password?: string }) => {
+    if (o.algorithm !== 'scrypt' && o.algorithm !== 'argon2id') {
+      process.stderr.write(`hash-password: --algorithm must be scrypt or argon2id, not "${o.algorithm}"\n`);
+      process.exit(1);
+    }
+    const { readPassword } = await import('./ops/prompt.js');
+    const { hashPassword } = await import('./smtp/passwords.js');
+    if (o.password !== undefined) process.stderr.write('hash-password: warning: a password given on the command line is visible to other users\n');
+    const password = o.password ?? (await readPassword('Password: '));
+    if (!password) {
+      process.stderr.write('hash-password: empty password\n');
+      process.exit(1);
+    }
+    process.stdout.write((await hashPassword(password, o.algorithm)) + '\n');
   });
 
 program

@@ -15,6 +15,7 @@ import { ShadowedAcceptor } from './core/accept.js';
 import { DeliveryWorker } from './delivery/index.js';
 import { AdminServer, type Readiness } from './ops/admin.js';
 import { createLogger } from './ops/log.js';
+import { secretFileWarnings } from './ops/secrets.js';
 
 export interface RelayAddresses {
   smtp: { host: string; port: number };
@@ -39,6 +40,7 @@ export class Relay {
 
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
     const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level);
+    for (const w of secretFileWarnings(cfg)) log.warn(w, 'secret file is readable by group or others: chmod 600 it');
     const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name });
     const recovered = spool.recover();
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
@@ -83,6 +85,11 @@ export class Relay {
       socketTimeoutMs: cfg.smtp.socketTimeoutMs,
       allowedNetworks: new NetworkList(cfg.smtp.allowedNetworks),
       tls: cfg.smtp.tls,
+      requireTLS: cfg.smtp.requireTLS,
+      relayDomains: cfg.smtp.relayDomains,
+      bareLineEndings: cfg.smtp.bareLineEndings,
+      auth: cfg.smtp.auth,
+      limits: cfg.smtp.limits,
       acceptor,
       log,
     });

@@ -13,6 +13,8 @@ import os from 'node:os';
 import YAML from 'yaml';
 import { z } from 'zod';
 import ipaddr from 'ipaddr.js';
+import { domainToASCII } from 'node:url';
+import { passwordHashProblem } from '../smtp/passwords.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -55,7 +57,59 @@ const cidr = z.string().refine(
 );
 
 const positiveInt = z.number().int().positive();
+const nonNegativeInt = z.number().int().min(0);
 const fileRef = z.string().min(1);
+
+const domainName = z
+  .string()
+  .refine((s) => domainToASCII(s.replace(/^\./, '').replace(/\.$/, '')) !== '', { message: 'expected a domain name such as example.com' });
+
+// Postfix's defaults where Postfix has the same limit (named in README's config table)
+const LIMIT_DEFAULTS = {
+  maxConnections: 500,
+  maxConnectionsPerAddress: 50,
+  connectionRatePerMinute: 120,
+  commandTimeoutMs: 300000,
+  dataTimeoutMs: 600000,
+  maxLineLength: 2048,
+  maxErrors: 20,
+  maxReceivedHeaders: 50,
+};
+
+const smtpLimits = z
+  .object({
+    maxConnections: positiveInt.default(LIMIT_DEFAULTS.maxConnections),
+    maxConnectionsPerAddress: positiveInt.default(LIMIT_DEFAULTS.maxConnectionsPerAddress),
+    connectionRatePerMinute: nonNegativeInt.default(LIMIT_DEFAULTS.connectionRatePerMinute),
+    commandTimeoutMs: positiveInt.default(LIMIT_DEFAULTS.commandTimeoutMs),
+    dataTimeoutMs: positiveInt.default(LIMIT_DEFAULTS.dataTimeoutMs),
+    maxLineLength: z.number().int().min(512).default(LIMIT_DEFAULTS.maxLineLength),
+    maxErrors: positiveInt.default(LIMIT_DEFAULTS.maxErrors),
+    maxReceivedHeaders: positiveInt.default(LIMIT_DEFAULTS.maxReceivedHeaders),
+  })
+  .strict()
+  .default(LIMIT_DEFAULTS);
+
+const AUTH_DEFAULTS = { failureDelayMs: 1000, maxFailures: 5, failureWindowMs: 600000, lockoutMs: 900000 };
+
+const smtpAuth = z
+  .object({
+    users: z
+      .array(
+        z
+          .object({
+            username: z.string().min(1).max(256).refine((s) => !/[\x00-\x1f\x7f]/.test(s), { message: 'control characters are not allowed' }),
+            passwordHash: z.string().refine((s) => passwordHashProblem(s) === null, { message: 'expected a hash made by `shadowrelay hash-password` ($scrypt$… or $argon2id$…)' }),
+          })
+          .strict(),
+      )
+      .min(1),
+    failureDelayMs: nonNegativeInt.default(AUTH_DEFAULTS.failureDelayMs),
+    maxFailures: positiveInt.default(AUTH_DEFAULTS.maxFailures),
+    failureWindowMs: positiveInt.default(AUTH_DEFAULTS.failureWindowMs),
+    lockoutMs: positiveInt.default(AUTH_DEFAULTS.lockoutMs),
+  })
+  .strict();
 
 const schema = z
   .object({
@@ -75,6 +129,11 @@ const schema = z
         // RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes for a client.
         socketTimeoutMs: positiveInt.default(300000),
         tls: z.object({ cert: fileRef, key: fileRef }).strict().optional(),
+        requireTLS: z.boolean().default(false),
+        relayDomains: z.array(domainName).default([]),
+        bareLineEndings: z.enum(['normalize', 'reject']).default('normalize'),
+        auth: smtpAuth.optional(),
+        limits: smtpLimits,
       })
       .strict(),
     shadow: z
@@ -97,6 +156,13 @@ const schema = z
             host: z.string().min(1),
             port: z.number().int().min(1).max(65535).default(25),
             tls: z.enum(['none', 'opportunistic', 'required']).default('opportunistic'),
+            ca: fileRef.optional(),
+            tlsServerName: z.string().min(1).optional(),
+            auth: z
+              .object({ user: z.string().min(1), pass: z.string().min(1).optional(), passFile: fileRef.optional() })
+              .strict()
+              .refine((a) => (a.pass === undefined) !== (a.passFile === undefined), { message: 'give exactly one of pass and passFile' })
+              .optional(),
           })
           .strict(),
         concurrency: positiveInt.default(10),
@@ -143,6 +209,22 @@ export function parseConfig(doc: unknown, file: string): Config {
   const abs = (p: string) => path.resolve(base, p);
   cfg.node.dataDir = abs(cfg.node.dataDir);
   if (cfg.smtp.tls) cfg.smtp.tls = { cert: abs(cfg.smtp.tls.cert), key: abs(cfg.smtp.tls.key) };
+  if (cfg.smtp.requireTLS && !cfg.smtp.tls) throw new ConfigError(file, ['smtp.requireTLS: needs smtp.tls (a certificate to offer STARTTLS with)']);
+  if (cfg.smtp.auth && !cfg.smtp.tls) {
+    throw new ConfigError(file, ['smtp.auth: needs smtp.tls (clients outside allowedNetworks may send a password only after STARTTLS)']);
+  }
+  if (cfg.smtp.auth) {
+    const seen = new Set<string>();
+    for (const [i, u] of cfg.smtp.auth.users.entries()) {
+      if (seen.has(u.username)) throw new ConfigError(file, [`smtp.auth.users.${i}.username: duplicate user "${u.username}"`]);
+      seen.add(u.username);
+    }
+  }
+  // compared against the unicode form smtp-server gives recipient domains
+  cfg.smtp.relayDomains = cfg.smtp.relayDomains.map((d) => d.toLowerCase().replace(/\.$/, ''));
+  const hop = cfg.delivery.nextHop;
+  if (hop.ca) hop.ca = abs(hop.ca);
+  if (hop.auth?.passFile) hop.auth.passFile = abs(hop.auth.passFile);
   cfg.shadow.tls = {
     ca: abs(cfg.shadow.tls.ca),
     cert: abs(cfg.shadow.tls.cert),
@@ -185,6 +267,8 @@ export function loadConfig(file: string): Config {
     mustRead('smtp.tls.cert', cfg.smtp.tls.cert);
     mustRead('smtp.tls.key', cfg.smtp.tls.key);
   }
+  if (cfg.delivery.nextHop.ca) mustRead('delivery.nextHop.ca', cfg.delivery.nextHop.ca);
+  if (cfg.delivery.nextHop.auth?.passFile) mustRead('delivery.nextHop.auth.passFile', cfg.delivery.nextHop.auth.passFile);
   mustRead('shadow.tls.ca', cfg.shadow.tls.ca);
   mustRead('shadow.tls.cert', cfg.shadow.tls.cert);
   mustRead('shadow.tls.key', cfg.shadow.tls.key);

@@ -9,13 +9,16 @@
  *   4xx, timeouts and connection errors → still pending, retried with exponential backoff
  *   between `retry.initialMs` and `retry.maxMs` with jitter. Only pending recipients are retried.
  * - When no recipient is pending the spool purges the message and owes the peer a discard.
+ * - Next-hop TLS and AUTH options come from tls.ts; under `tls: required` a send that could
+ *   not get verified TLS is a temporary failure (nothing was sent; the reason is recorded).
  */
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
 import type { Spool, RecipientOutcome } from '../spool/index.js';
+import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 
 export interface DeliveryOptions {
-  nextHop: { host: string; port: number; tls: 'none' | 'opportunistic' | 'required' };
+  nextHop: NextHop;
   concurrency: number;
   retry: { initialMs: number; maxMs: number; maxAgeMs: number };
   hostname: string;
@@ -63,18 +66,12 @@ export class DeliveryWorker {
   private scheduled = false;
 
   constructor(private readonly o: DeliveryOptions) {
-    const tls = o.nextHop.tls;
     this.transport = nodemailer.createTransport({
       pool: true,
-      host: o.nextHop.host,
-      port: o.nextHop.port,
-      secure: false,
+      ...nextHopTransportOptions(o.nextHop),
       name: o.hostname,
       maxConnections: o.concurrency,
       maxMessages: Infinity,
-      ignoreTLS: tls === 'none',
-      requireTLS: tls === 'required',
-      tls: { rejectUnauthorized: tls === 'required' },
       connectionTimeout: 30000,
       greetingTimeout: 30000,
       socketTimeout: 300000,
@@ -149,10 +146,12 @@ export class DeliveryWorker {
       for (const a of info.accepted) judge(a, 250, info.response);
     } catch (e) {
       const err = e as SmtpError;
-      summary = err.response ?? `${err.code ?? 'error'}: ${err.message}`;
+      // no verified TLS under tls=required is temporary, whatever code STARTTLS got
+      const tlsFailure = tlsFailureReason(err, this.o.nextHop);
+      summary = tlsFailure ?? err.response ?? `${err.code ?? 'error'}: ${err.message}`;
       for (const r of err.rejectedErrors ?? []) judge(r.recipient ?? '', r.responseCode, r.response ?? r.message);
       // what is left shares the fate of the whole transaction
-      for (const address of [...byAddress.keys()]) judge(address, err.responseCode, summary);
+      for (const address of [...byAddress.keys()]) judge(address, tlsFailure ? undefined : err.responseCode, summary);
     }
     // a recipient nodemailer did not report on stays pending
     for (const idx of byAddress.values()) outcomes.push({ idx, state: 'pending', error: summary });
