@@ -7,6 +7,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import nodemailer from 'nodemailer';
@@ -104,7 +106,14 @@ export interface SendResult {
 /** Sends through a relay with nodemailer; resolves with the final reply (success or error). */
 export async function send(
   port: number,
-  o: { from?: string; to?: string[]; raw?: string | Buffer; localAddress?: string } = {},
+  o: {
+    from?: string;
+    to?: string[];
+    raw?: string | Buffer;
+    localAddress?: string;
+    /** merged into the nodemailer transport options (STARTTLS, AUTH, …) */
+    transport?: Record<string, unknown>;
+  } = {},
 ): Promise<SendResult> {
   const t = nodemailer.createTransport({
     host: '127.0.0.1',
@@ -114,6 +123,7 @@ export async function send(
     localAddress: o.localAddress,
     connectionTimeout: 20000,
     socketTimeout: 60000,
+    ...o.transport,
   } as nodemailer.TransportOptions);
   const to = o.to ?? ['bob@example.test'];
   try {
@@ -155,17 +165,41 @@ export class RawSmtp {
   private buf = '';
   private waiters: Array<() => void> = [];
   closed = false;
+  /** resolves when the server closed the connection */
+  readonly closedP: Promise<void>;
+  private onClosed!: () => void;
 
-  private constructor(readonly sock: net.Socket) {
+  private constructor(public sock: net.Socket) {
+    this.closedP = new Promise((r) => (this.onClosed = r));
+    this.attach(sock);
+  }
+
+  private attach(sock: net.Socket): void {
     sock.on('data', (d) => {
       this.buf += d.toString('latin1');
       for (const w of this.waiters.splice(0)) w();
     });
     sock.on('close', () => {
       this.closed = true;
+      this.onClosed();
       for (const w of this.waiters.splice(0)) w();
     });
     sock.on('error', () => {});
+  }
+
+  /** Sends STARTTLS and upgrades the socket; resolves once the handshake is done. */
+  async starttls(opts: tls.ConnectionOptions): Promise<void> {
+    const r = await this.cmd('STARTTLS');
+    if (!r?.startsWith('220')) throw new Error(`STARTTLS refused: ${r}`);
+    const plain = this.sock;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('close');
+    await new Promise<void>((resolve, reject) => {
+      const s = tls.connect({ socket: plain, ...opts }, () => resolve());
+      s.once('error', reject);
+      this.sock = s;
+      this.attach(s);
+    });
   }
 
   static connect(port: number, localAddress?: string): Promise<RawSmtp> {
@@ -281,4 +315,42 @@ export function startNodeProcess(configFile: string, name: string, timeoutMs = 2
 export function writeFile(file: string, text: string): string {
   writeFileSync(file, text);
   return file;
+}
+
+/** Issues a certificate for `name` from a pair's own CA (the CA key is in the cert dir). */
+export async function signedByPairCa(
+  certDir: string,
+  name: string,
+  opts: { ips?: string[]; dnsNames?: string[] } = {},
+): Promise<{ cert: string; key: string }> {
+  await import('reflect-metadata');
+  const x509 = await import('@peculiar/x509');
+  const { webcrypto } = await import('node:crypto');
+  const crypto = webcrypto as unknown as Crypto;
+  x509.cryptoProvider.set(crypto);
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  const caCert = new x509.X509Certificate(readFileSync(path.join(certDir, 'ca.crt'), 'utf8'));
+  const caKeyPem = readFileSync(path.join(certDir, 'ca.key'), 'utf8');
+  const der = Buffer.from(caKeyPem.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  const caKey = await crypto.subtle.importKey('pkcs8', der, alg, false, ['sign']);
+  const keys = (await crypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: '0badc0de',
+    subject: `CN=${name}`,
+    issuer: caCert.subject,
+    notBefore: new Date(Date.now() - 3600e3),
+    notAfter: new Date(Date.now() + 3600e3),
+    publicKey: keys.publicKey,
+    signingKey: caKey,
+    signingAlgorithm: alg,
+    extensions: [
+      new x509.SubjectAlternativeNameExtension([
+        { type: 'dns', value: name },
+        ...(opts.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
+        ...(opts.ips ?? []).map((value) => ({ type: 'ip' as const, value })),
+      ]),
+    ],
+  });
+  const pk = Buffer.from(await crypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
+  return { cert: cert.toString('pem'), key: `-----BEGIN PRIVATE KEY-----\n${pk.replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n` };
 }
