@@ -63,7 +63,10 @@ export function nextHopTransportOptions(hop: NextHop): NextHopTransportOptions {
  * is temporary, whatever code the next hop answered STARTTLS with); otherwise null.
  */
 export function tlsFailureReason(err: { code?: string; message: string; response?: string }, hop: NextHop): string | null {
-  if (err.code !== 'ETLS' || hop.tls !== 'required') return null;
+  if (hop.tls !== 'required') return null;
+  // a failed handshake surfaces as a socket error (e.g. "unable to verify the first certificate")
+  const handshake = err.code === 'ESOCKET' && /certificate|TLS|SSL|handshake|altname|self[- ]signed|verify/i.test(err.message);
+  if (err.code !== 'ETLS' && !handshake) return null;
   const why = err.response ? `STARTTLS refused: ${err.response}` : err.message.replace(/^Error initiating TLS - /, '');
   return `TLS required (delivery.nextHop.tls=required) but not established with ${hop.host}:${hop.port}: ${why}; not sent`;
 }
