@@ -2,6 +2,12 @@
  * The peer side of the replication link: stores shadow copies durably before acking,
  * purges them on discard, answers heartbeats. Only clients whose certificate (signed by
  * `shadow.tls.ca`) names a configured peer get in.
+ *
+ * Hardening: TLS 1.2+ only, a client certificate is required and verified (no certificate,
+ * another CA → the handshake fails; a certificate naming no configured peer → the socket is
+ * destroyed); a handshake must finish within 10 s; a request body over `maxBodyBytes` is
+ * answered 413 and the stream reset at once (not read to its end); a malformed request
+ * gets 400/404/405, and an exception in a handler 500/503 — never a crash.
  */
 import http2 from 'node:http2';
 import type { TLSSocket, PeerCertificate } from 'node:tls';
@@ -55,6 +61,8 @@ export class ShadowServer {
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
       allowHTTP1: false,
+      // an unauthenticated client cannot hold a socket open by never finishing the handshake
+      handshakeTimeout: 10000,
       settings: { initialWindowSize: WINDOW },
     });
     this.server.on('secureConnection', (sock: TLSSocket) => {
@@ -112,15 +120,20 @@ export class ShadowServer {
     let size = 0;
     let tooBig = false;
     stream.on('data', (c: Buffer) => {
+      if (tooBig) return;
       size += c.length;
       if (size > this.o.maxBodyBytes) {
         tooBig = true;
+        chunks.length = 0;
+        // answer now and stop the upload instead of reading it to its end
+        reply(stream, 413, { error: 'body exceeds maxMessageSize' });
+        stream.close(http2.constants.NGHTTP2_NO_ERROR);
         return;
       }
-      if (!tooBig) chunks.push(c);
+      chunks.push(c);
     });
     stream.on('end', () => {
-      if (tooBig) return reply(stream, 413, { error: 'body exceeds maxMessageSize' });
+      if (tooBig) return;
       const body = Buffer.concat(chunks, size);
       this.handle(peer, String(method), url, body).then(
         ([status, json]) => reply(stream, status, json),
