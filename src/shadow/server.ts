@@ -11,6 +11,7 @@
  */
 import http2 from 'node:http2';
 import type { TLSSocket, PeerCertificate } from 'node:tls';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import { decodePut, ID_RE, ProtocolError, type HeartbeatBody } from './protocol.js';
@@ -51,6 +52,8 @@ export class ShadowServer {
   private readonly server: http2.Http2SecureServer;
   private readonly peerOf = new WeakMap<object, string>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** every TCP socket, authenticated or not: close() must not wait for a peer's goodwill */
+  private readonly sockets = new Set<Socket>();
 
   constructor(private readonly o: ShadowServerOptions) {
     this.server = http2.createSecureServer({
@@ -64,6 +67,10 @@ export class ShadowServer {
       // an unauthenticated client cannot hold a socket open by never finishing the handshake
       handshakeTimeout: 10000,
       settings: { initialWindowSize: WINDOW },
+    });
+    this.server.on('connection', (sock: Socket) => {
+      this.sockets.add(sock);
+      sock.once('close', () => this.sockets.delete(sock));
     });
     this.server.on('secureConnection', (sock: TLSSocket) => {
       // Nagle + delayed ACK costs ~40 ms per small reply on this link
@@ -185,8 +192,11 @@ export class ShadowServer {
   }
 
   async close(): Promise<void> {
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
     for (const s of this.sessions) s.destroy();
-    await new Promise<void>((r) => this.server.close(() => r()));
+    // a session destroyed while its peer still uploads can keep its socket: end those too
+    for (const sock of this.sockets) sock.destroy();
+    await closed;
   }
 }
 
