@@ -214,8 +214,6 @@ describe('shadow endpoint refuses clients without the right certificate', () => 
     const other = await makeCertSet(['relay-a']);
     expect(await tryConnect(port, { ca, cert: other.nodes['relay-a']!.cert, key: other.nodes['relay-a']!.key })).toBe('refused');
     // signed by the right CA but for a node B does not know: refused by name
-    const { writeCertSet } = await import('../src/certs/index.js');
-    void writeCertSet;
     const stranger = await signedByPairCa(own, 'mallory');
     expect(await tryConnect(port, { ca, ...stranger })).toBe('refused');
   });
