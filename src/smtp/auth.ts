@@ -45,6 +45,7 @@ export class Authenticator {
 export class AuthThrottle {
   private readonly failures = new Map<string, number[]>();
   private readonly lockedUntil = new Map<string, number>();
+  private sweepAt = 0;
 
   constructor(
     private readonly o: Pick<AuthSettings, 'maxFailures' | 'failureWindowMs' | 'lockoutMs'>,
@@ -62,19 +63,22 @@ export class AuthThrottle {
   /** Records a failure; returns true when it locked the address out. */
   fail(address: string): boolean {
     const now = this.now();
+    this.sweep(now);
     const recent = (this.failures.get(address) ?? []).filter((t) => t > now - this.o.failureWindowMs);
     recent.push(now);
     if (recent.length >= this.o.maxFailures) {
       this.failures.delete(address);
       this.lockedUntil.set(address, now + this.o.lockoutMs);
-      this.sweep(now);
       return true;
     }
     this.failures.set(address, recent);
     return false;
   }
 
+  /** Forgets expired entries, at most once a failure window (bounded memory under many addresses). */
   private sweep(now: number): void {
+    if (now < this.sweepAt) return;
+    this.sweepAt = now + this.o.failureWindowMs;
     for (const [a, until] of this.lockedUntil) if (until <= now) this.lockedUntil.delete(a);
     for (const [a, ts] of this.failures) if (!ts.some((t) => t > now - this.o.failureWindowMs)) this.failures.delete(a);
   }

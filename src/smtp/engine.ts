@@ -114,10 +114,6 @@ export class HardenedConnection extends SMTPConnection {
     this.close();
   }
 
-  get isSecure(): boolean {
-    return this.secure;
-  }
-
   private startDeadline(): void {
     clearTimeout(this.cmdTimer);
     this.cmdTimer = setTimeout(() => this.hangUp(421, `4.4.2 ${this.hooks.hostname} Error: timeout exceeded`), this.hooks.commandTimeoutMs);
