@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import { reply, SmtpReply } from './replies.js';
 import type { NetworkList } from './networks.js';
 import { newQueueId } from '../core/ids.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export { SmtpReply, reply } from './replies.js';
 
@@ -44,6 +45,17 @@ export interface SmtpListenerOptions {
   tls?: { cert: string; key: string };
   acceptor: Acceptor;
   log: Logger;
+  metrics?: Pick<RelayMetrics, 'refused'>;
+}
+
+/** What a config reload may change on a running listener (applies to new sessions). */
+export interface SmtpSettings {
+  hostname: string;
+  maxMessageSize: number;
+  maxRecipients: number;
+  socketTimeoutMs: number;
+  allowedNetworks: NetworkList;
+  tls?: { cert: string; key: string };
 }
 
 function rfc2822Date(d: Date): string {
@@ -63,8 +75,10 @@ export function receivedHeader(
 
 export class SmtpListener {
   private readonly server: SMTPServer;
+  private readonly metrics: Pick<RelayMetrics, 'refused'>;
 
   constructor(private readonly o: SmtpListenerOptions) {
+    this.metrics = o.metrics ?? noMetrics;
     const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert) } : {};
     this.server = new SMTPServer({
       ...tls,
@@ -80,9 +94,17 @@ export class SmtpListener {
       disableReverseLookup: true,
       socketTimeout: o.socketTimeoutMs,
       logger: false,
+      onConnect: (session, cb) => {
+        o.log.info({ session: session.id, client: session.remoteAddress }, 'connect');
+        cb();
+      },
+      onClose: (session) => {
+        o.log.info({ session: session.id, client: session.remoteAddress }, 'disconnect');
+      },
       onRcptTo: (addr, session, cb) => {
         if (!o.allowedNetworks.contains(session.remoteAddress) && !session.user) {
-          o.log.info({ client: session.remoteAddress, rcpt: addr.address }, 'relay access denied');
+          this.metrics.refused('relay_denied');
+          o.log.info({ session: session.id, client: session.remoteAddress, rcpt: addr.address }, 'relay access denied');
           return cb(reply(554, '5.7.1', `<${addr.address}>: Relay access denied`));
         }
         cb();
@@ -117,7 +139,11 @@ export class SmtpListener {
     });
     stream.once('error', (err) => cb(reply(451, '4.3.0', `Error: ${err.message}`)));
     stream.once('end', () => {
-      if (stream.sizeExceeded) return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      if (stream.sizeExceeded) {
+        this.metrics.refused('too_big');
+        this.o.log.info({ session: session.id, client: session.remoteAddress, size }, 'refused: message too big');
+        return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      }
       const now = new Date();
       const id = newQueueId(now.getTime());
       const recipients = session.envelope.rcptTo.map((r) => r.address);
@@ -129,6 +155,8 @@ export class SmtpListener {
         now,
       );
       const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
+      // ties the session's connect line to the queue id (Postfix: "ID: client=...")
+      this.o.log.info({ id, session: session.id, client: session.remoteAddress, helo, tls: !!session.secure }, 'client');
       this.o.acceptor
         .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
         .then(
@@ -136,10 +164,27 @@ export class SmtpListener {
           (err: unknown) => {
             if (err instanceof SmtpReply) return cb(err);
             this.o.log.error({ id, err }, 'accept failed unexpectedly');
+            this.metrics.refused('internal');
             cb(reply(451, '4.3.0', 'Error: queue file write error'));
           },
         );
     });
+  }
+
+  /**
+   * Live change (config reload). smtp-server reads these options per session, so new
+   * sessions see them; sessions already open keep what they negotiated. TLS files are read
+   * here: a caller validates them first (see relay reload) so a bad file never half-applies.
+   */
+  reload(s: SmtpSettings): void {
+    const opts = this.server.options as unknown as Record<string, unknown>;
+    opts.name = s.hostname;
+    opts.size = s.maxMessageSize;
+    opts.maxRecipients = s.maxRecipients;
+    opts.socketTimeout = s.socketTimeoutMs;
+    opts.hideSTARTTLS = !s.tls;
+    if (s.tls) this.server.updateSecureContext({ key: readFileSync(s.tls.key), cert: readFileSync(s.tls.cert) });
+    Object.assign(this.o, s);
   }
 
   /** Stops accepting connections; open sessions are closed by smtp-server's close logic. */
