@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
+import http from 'node:http';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import nodemailer from 'nodemailer';
@@ -20,6 +21,7 @@ import { waitFor } from '../src/core/wait.js';
 
 export { waitFor } from '../src/core/wait.js';
 export { Sink } from '../src/sink.js';
+export { freePort } from '../src/core/net.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -281,4 +283,38 @@ export function startNodeProcess(configFile: string, name: string, timeoutMs = 2
 export function writeFile(file: string, text: string): string {
   writeFileSync(file, text);
   return file;
+}
+
+/** One request to a node's admin endpoint; resolves with status and text (any status). */
+export function adminHttp(
+  port: number,
+  path: string,
+  o: { method?: string; token?: string } = {},
+): Promise<{ status: number; text: string; json: () => unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path, method: o.method ?? 'GET', headers: o.token ? { authorization: `Bearer ${o.token}` } : {} },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text, json: () => JSON.parse(text) as unknown }));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The value of one Prometheus sample (`name{labels}`) in an exposition text, or undefined. */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have: Record<string, string> = {};
+    for (const kv of (m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) have[kv[1]!] = kv[2]!;
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
 }
