@@ -156,7 +156,11 @@ export class SmtpListener {
       );
       const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
       // ties the session's connect line to the queue id (Postfix: "ID: client=...")
-      this.o.log.info({ id, session: session.id, client: session.remoteAddress, helo, tls: !!session.secure }, 'client');
+      const env = session.envelope;
+      this.o.log.info(
+        { id, session: session.id, client: session.remoteAddress, helo, tls: !!session.secure, body: env.bodyType, smtputf8: !!env.smtpUtf8 },
+        'client',
+      );
       this.o.acceptor
         .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
         .then(
