@@ -253,6 +253,21 @@ describe('queue tools', () => {
     expect(unknown.stderr).toContain('NOSUCHID: no such message in the queue');
   });
 
+  it('a held message is not attempted even when due; release makes it due again', async () => {
+    const pair = await pairWithAdmin({ delivery: { retry: { initialMs: 300, maxMs: 300 } } });
+    const cfgA = pair.files.configs['relay-a']!;
+    pair.sink.rcptPolicy = DEFER;
+    const id = queueIdOf((await send(pair.a.addresses.smtp.port)).response);
+    await waitFor(() => (pair.a.spool.get(id)?.attempts ?? 0) >= 1, 20000, 'first attempt');
+    expect((await runCli(['queue', 'hold', id, '--config', cfgA])).code).toBe(0);
+    const held = pair.a.spool.get(id)!;
+    // past its next attempt plus more than one scan period of the worker (1 s)
+    await waitFor(() => Date.now() > held.nextAttemptAt + 2500, 10000, 'the due time to pass');
+    expect(pair.a.spool.get(id)).toMatchObject({ state: 'held', attempts: held.attempts });
+    expect((await runCli(['queue', 'release', id, '--config', cfgA])).code).toBe(0);
+    await waitFor(() => (pair.a.spool.get(id)?.attempts ?? 0) > held.attempts, 20000, 'an attempt after release');
+  });
+
   it('when the daemon is down: list and show read the spool file and say so; actions refuse clearly', async () => {
     const pair = await pairWithAdmin(SLOW_RETRY);
     const cfgA = pair.files.configs['relay-a']!;
