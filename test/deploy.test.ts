@@ -14,37 +14,16 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import path from 'node:path';
 import { existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import YAML from 'yaml';
-import { ROOT, tmpDir, freePort, send, waitFor, Sink } from './helpers.js';
+import { ROOT, tmpDir, freePort, send, waitFor, Sink, which, runCommand as run } from './helpers.js';
 import { writePairConfigs, deepMerge } from '../src/pair.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-
-function which(bin: string): string | null {
-  const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' });
-  return r.status === 0 ? r.stdout.trim() : null;
-}
-
-/** Runs a command line (argv) to completion. */
-function run(argv: string[], timeoutMs = 90000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
 
 /** A long-running command whose stdout lines are collected (JSON ones parsed). */
 function daemon(argv: string[]): { proc: ChildProcess; lines: Array<Record<string, unknown>>; exited: Promise<number | null> } {

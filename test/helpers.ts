@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import http from 'node:http';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import nodemailer from 'nodemailer';
 import pino from 'pino';
@@ -213,10 +213,27 @@ export class RawSmtp {
   }
 }
 
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
 /** Runs the CLI as a child process and collects its output. */
-export function runCli(args: string[], timeoutMs = 60000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(args: string[], timeoutMs = 60000): Promise<RunResult> {
+  return runCommand([process.execPath, CLI, ...args], timeoutMs);
+}
+
+/** Where a program is on PATH (sbin folders included), or null. */
+export function which(bin: string): string | null {
+  const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8', env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+/** Runs any command line to completion (killed after `timeoutMs`) and collects its output. */
+export function runCommand(argv: string[], timeoutMs = 60000): Promise<RunResult> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));

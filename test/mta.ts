@@ -4,15 +4,10 @@
  * and swaks. Both are optional: `mtaAvailability()` says why a test must skip.
  */
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { tmpDir, waitFor, freePort } from './helpers.js';
-
-function which(bin: string): string | null {
-  const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8', env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
-  return r.status === 0 ? r.stdout.trim() : null;
-}
+import { tmpDir, waitFor, freePort, which, runCommand, type RunResult } from './helpers.js';
 
 export const POSTFIX = which('postfix');
 export const SWAKS = which('swaks');
@@ -29,29 +24,8 @@ export function swaksUnavailable(): string | null {
   return SWAKS ? null : 'swaks is not installed (.ci/run installs it: apt-get install swaks)';
 }
 
-export interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-export function runTool(argv: string[], timeoutMs = 60000): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('close', (code) => {
-      clearTimeout(t);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
 export function swaks(args: string[]): Promise<RunResult> {
-  return runTool([SWAKS!, '--timeout', '60', ...args], 90000);
+  return runCommand([SWAKS!, '--timeout', '60', ...args], 90000);
 }
 
 export interface PostfixInstance {
@@ -130,14 +104,14 @@ export async function startPostfix(o: { relayhost: string; main?: Record<string,
   };
   writeFileSync(path.join(etc, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
   writeFileSync(path.join(etc, 'master.cf'), MASTER_CF(port));
-  const started = await runTool([POSTFIX!, '-c', etc, 'start']);
+  const started = await runCommand([POSTFIX!, '-c', etc, 'start']);
   const readLog = () => (existsSync(maillog) ? readFileSync(maillog, 'utf8') : '');
   if (started.code !== 0) {
     cleanup();
     throw new Error(`postfix -c ${etc} start failed (${started.code}): ${started.stderr}${readLog()}`);
   }
   const stop = async () => {
-    await runTool([POSTFIX!, '-c', etc, 'stop']);
+    await runCommand([POSTFIX!, '-c', etc, 'stop']);
     // `stop` waits for the master; make sure nothing of this instance is left
     const pidFile = path.join(queue, 'pid', 'master.pid');
     if (existsSync(pidFile)) {

@@ -36,18 +36,6 @@ export interface Acceptor {
   accept(m: InboundMessage): Promise<string>;
 }
 
-export interface SmtpListenerOptions {
-  hostname: string;
-  maxMessageSize: number;
-  maxRecipients: number;
-  socketTimeoutMs: number;
-  allowedNetworks: NetworkList;
-  tls?: { cert: string; key: string };
-  acceptor: Acceptor;
-  log: Logger;
-  metrics?: Pick<RelayMetrics, 'refused'>;
-}
-
 /** What a config reload may change on a running listener (applies to new sessions). */
 export interface SmtpSettings {
   hostname: string;
@@ -56,6 +44,12 @@ export interface SmtpSettings {
   socketTimeoutMs: number;
   allowedNetworks: NetworkList;
   tls?: { cert: string; key: string };
+}
+
+export interface SmtpListenerOptions extends SmtpSettings {
+  acceptor: Acceptor;
+  log: Logger;
+  metrics?: Pick<RelayMetrics, 'refused'>;
 }
 
 function rfc2822Date(d: Date): string {
