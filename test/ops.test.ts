@@ -302,9 +302,10 @@ describe('logs', () => {
     const id = queueIdOf((await send(pair.a.addresses.smtp.port)).response);
     await waitFor(() => !pair.a.spool.get(id) && !pair.b.spool.get(id), 20000, 'purge on both');
     await waitFor(() => pair.logs['relay-b']!.some((l) => l.id === id && l.msg === 'shadow discarded'), 20000, 'discard logged');
+    await waitFor(() => pair.logs['relay-a']!.some((l) => l.id === id && l.msg === 'discard confirmed by peer'), 20000, 'discard confirmation logged');
     const a = pair.logs['relay-a']!.filter((l) => l.id === id);
     const b = pair.logs['relay-b']!.filter((l) => l.id === id);
-    expect(a.map((l) => l.msg)).toEqual(['client', 'spooled', 'accepted', 'delivered', 'removed']);
+    expect(a.map((l) => l.msg)).toEqual(['client', 'spooled', 'accepted', 'delivered', 'removed', 'discard confirmed by peer']);
     const session = a[0]!.session;
     expect(pair.logs['relay-a']!.find((l) => l.msg === 'connect' && l.session === session)?.client).toBe('127.0.0.1');
     expect(a[2]).toMatchObject({ client: '127.0.0.1', from: 'alice@example.test', nrcpt: 1, shadowPeer: 'relay-b' });
