@@ -105,6 +105,18 @@ describe('metrics', () => {
     expect(metricValue(m, 'shadowrelay_messages_accepted_total')).toBe(2);
   });
 
+  it('degraded acceptance (onFailure: accept, peer down) is counted apart from shadowed messages', async () => {
+    const pair = await pairWithAdmin({ shadow: { onFailure: 'accept' } });
+    await pair.b.stop();
+    const r = await send(pair.a.addresses.smtp.port);
+    expect(r.code).toBe(250);
+    const m = await metrics(pair.a.addresses.admin.port);
+    expect(metricValue(m, 'shadowrelay_messages_accepted_total')).toBe(1);
+    expect(metricValue(m, 'shadowrelay_messages_degraded_total')).toBe(1);
+    expect(metricValue(m, 'shadowrelay_shadow_seconds_count')).toBe(0);
+    expect(metricValue(m, 'shadowrelay_messages_refused_total', { reason: 'shadow_unconfirmed' })).toBe(0);
+  });
+
   it('the promotion and duplicate-risk hooks reach /metrics', async () => {
     const pair = await pairWithAdmin();
     pair.a.metrics.promoted('relay-b', 3);
