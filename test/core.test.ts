@@ -55,6 +55,8 @@ describe('core relay path', () => {
     expect(m![1]).toBe(id);
     expect(got.raw.subarray(Buffer.byteLength(m![0])).equals(Buffer.from(RAW, 'utf8'))).toBe(true);
     await waitFor(() => pair.a.spool.list().length === 0 && pair.b.spool.list().length === 0, 20000, 'purge on both');
+    // relay-a deletes its owed discard only after relay-b's answer, a moment after relay-b purged
+    await waitFor(() => pair.a.spool.counts().outbox === 0, 20000, 'the discard to be confirmed');
     expect(pair.a.spool.counts()).toEqual({ primary: 0, shadow: 0, outbox: 0 });
     expect(pair.b.spool.counts()).toEqual({ primary: 0, shadow: 0, outbox: 0 });
   });

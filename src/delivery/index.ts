@@ -16,6 +16,7 @@ import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
 import type { Spool, RecipientOutcome } from '../spool/index.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface DeliveryOptions {
   nextHop: NextHop;
@@ -26,6 +27,15 @@ export interface DeliveryOptions {
   log: Logger;
   /** called after a message left the queue (all recipients final) */
   onPurged?: (id: string) => void;
+  metrics?: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
+}
+
+/** What a config reload may change while the worker runs. */
+export interface DeliverySettings {
+  nextHop: DeliveryOptions['nextHop'];
+  concurrency: number;
+  retry: DeliveryOptions['retry'];
+  hostname: string;
 }
 
 export interface DeliveryCounters {
@@ -59,14 +69,20 @@ const POLL_MS = 1000;
 
 export class DeliveryWorker {
   readonly counters: DeliveryCounters = { attempts: 0, delivered: 0, deferred: 0, failed: 0 };
-  private readonly transport: Transporter;
+  private transport: Transporter;
+  private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private scheduled = false;
 
   constructor(private readonly o: DeliveryOptions) {
-    this.transport = nodemailer.createTransport({
+    this.metrics = o.metrics ?? noMetrics;
+    this.transport = DeliveryWorker.transportFor(o);
+  }
+
+  private static transportFor(o: DeliverySettings): Transporter {
+    return nodemailer.createTransport({
       pool: true,
       ...nextHopTransportOptions(o.nextHop),
       name: o.hostname,
@@ -76,6 +92,18 @@ export class DeliveryWorker {
       greetingTimeout: 30000,
       socketTimeout: 300000,
     });
+  }
+
+  /**
+   * Live change (config reload): new attempts use the new next hop, limits and backoff;
+   * attempts in flight finish on the old connections, which close afterwards.
+   */
+  reload(s: DeliverySettings): void {
+    const old = this.transport;
+    Object.assign(this.o, { nextHop: s.nextHop, concurrency: s.concurrency, retry: s.retry, hostname: s.hostname });
+    this.transport = DeliveryWorker.transportFor(this.o);
+    void Promise.allSettled([...this.inflight.values()]).then(() => old.close());
+    this.wake();
   }
 
   start(): void {
@@ -124,6 +152,7 @@ export class DeliveryWorker {
     const pending = m.recipients.filter((r) => r.state === 'pending');
     if (pending.length === 0) return;
     this.counters.attempts++;
+    const started = process.hrtime.bigint();
     const relay = `${this.o.nextHop.host}:${this.o.nextHop.port}`;
     const outcomes: RecipientOutcome[] = [];
     const byAddress = new Map(pending.map((r) => [r.address.toLowerCase(), r.idx]));
@@ -156,6 +185,7 @@ export class DeliveryWorker {
     // a recipient nodemailer did not report on stays pending
     for (const idx of byAddress.values()) outcomes.push({ idx, state: 'pending', error: summary });
 
+    this.metrics.deliveryAttempt(Number(process.hrtime.bigint() - started) / 1e9);
     const attempts = m.attempts + 1;
     const next = Date.now() + backoffMs(attempts, this.o.retry.initialMs, this.o.retry.maxMs);
     const anyPending = outcomes.some((o) => o.state === 'pending');
@@ -166,6 +196,7 @@ export class DeliveryWorker {
       const status = o.state === 'delivered' ? 'sent' : o.state === 'failed' ? 'bounced' : 'deferred';
       const response = o.error ?? summary;
       const dsn = dsnOf(response, o.state === 'delivered' ? '2.0.0' : o.state === 'failed' ? '5.0.0' : '4.0.0');
+      this.metrics.delivery(o.state === 'delivered' ? 'delivered' : o.state === 'failed' ? 'bounced' : 'deferred', delay);
       if (o.state === 'delivered') this.counters.delivered++;
       else if (o.state === 'failed') this.counters.failed++;
       else this.counters.deferred++;

@@ -31,6 +31,14 @@ export class PeerClient {
 
   constructor(private readonly o: PeerClientOptions) {}
 
+  /** New certificates (config reload): the current session closes once its requests finish. */
+  setTls(tls: TlsFiles): void {
+    this.o.tls = tls;
+    const s = this.session;
+    this.session = undefined;
+    if (s && !s.closed && !s.destroyed) s.close();
+  }
+
   get name(): string {
     return this.o.name;
   }

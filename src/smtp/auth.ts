@@ -48,9 +48,15 @@ export class AuthThrottle {
   private sweepAt = 0;
 
   constructor(
-    private readonly o: Pick<AuthSettings, 'maxFailures' | 'failureWindowMs' | 'lockoutMs'>,
+    private o: Pick<AuthSettings, 'maxFailures' | 'failureWindowMs' | 'lockoutMs'>,
     private readonly now: () => number = Date.now,
   ) {}
+
+  /** New thresholds (config reload); failures counted and lockouts in force carry over. */
+  withSettings(o: Pick<AuthSettings, 'maxFailures' | 'failureWindowMs' | 'lockoutMs'>): this {
+    this.o = o;
+    return this;
+  }
 
   locked(address: string): boolean {
     const until = this.lockedUntil.get(address);

@@ -34,6 +34,7 @@ import { RelayPolicy } from './access.js';
 import { ConnectionLimiter, type ConnectionLimits } from './limits.js';
 import { Authenticator, AuthThrottle, type AuthSettings } from './auth.js';
 import { ContentFilter, type BareLineEndings } from './content.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export { SmtpReply, reply } from './replies.js';
 
@@ -52,7 +53,8 @@ export interface Acceptor {
   accept(m: InboundMessage): Promise<string>;
 }
 
-export interface SmtpListenerOptions {
+/** What a config reload may change on a running listener (applies to new sessions and commands). */
+export interface SmtpSettings {
   hostname: string;
   maxMessageSize: number;
   maxRecipients: number;
@@ -64,8 +66,12 @@ export interface SmtpListenerOptions {
   bareLineEndings?: BareLineEndings;
   auth?: AuthSettings;
   limits?: Partial<SmtpLimits>;
+}
+
+export interface SmtpListenerOptions extends SmtpSettings {
   acceptor: Acceptor;
   log: Logger;
+  metrics?: Pick<RelayMetrics, 'refused'>;
 }
 
 export interface SmtpLimits extends ConnectionLimits {
@@ -92,6 +98,11 @@ const BEFORE_TLS = new Set(['EHLO', 'HELO', 'STARTTLS', 'NOOP', 'RSET', 'QUIT'])
 // sendmail jokes and proxy commands smtp-server implements; none has a use here
 const ALWAYS_DISABLED = ['WIZ', 'SHELL', 'KILL', 'XCLIENT', 'XFORWARD'];
 
+// TLS 1.2+ only (smtp-server's own default still allows TLS 1.0 for old clients)
+function tlsOptions(t: { cert: string; key: string }) {
+  return { key: readFileSync(t.key), cert: readFileSync(t.cert), minVersion: 'TLSv1.2' as const };
+}
+
 function rfc2822Date(d: Date): string {
   // e.g. "Thu, 26 Nov 2026 08:30:52 +0000 (UTC)" as Postfix writes it
   return d.toUTCString().replace('GMT', '+0000 (UTC)');
@@ -109,14 +120,17 @@ export function receivedHeader(
 
 export class SmtpListener {
   private readonly server: HardenedServer;
-  private readonly limits: SmtpLimits;
+  private readonly metrics: Pick<RelayMetrics, 'refused'>;
+  // policy state below is replaced by reload(); the limiter and the AUTH lockouts carry over
+  private limits: SmtpLimits;
   private readonly limiter: ConnectionLimiter;
-  private readonly relay: RelayPolicy;
-  private readonly authenticator: Authenticator | undefined;
-  private readonly throttle: AuthThrottle | undefined;
-  private readonly disabled: string[];
+  private relay: RelayPolicy;
+  private authenticator: Authenticator | undefined;
+  private throttle: AuthThrottle | undefined;
+  private disabled: string[];
 
   constructor(private readonly o: SmtpListenerOptions) {
+    this.metrics = o.metrics ?? noMetrics;
     this.limits = { ...DEFAULT_LIMITS, ...o.limits };
     this.limiter = new ConnectionLimiter(this.limits);
     this.relay = new RelayPolicy(o.relayDomains ?? []);
@@ -125,8 +139,8 @@ export class SmtpListener {
       this.throttle = new AuthThrottle(o.auth);
     }
     this.disabled = [...ALWAYS_DISABLED, ...(o.auth ? [] : ['AUTH'])];
-    // TLS 1.2+ only (smtp-server's own default still allows TLS 1.0 for old clients)
-    const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert), minVersion: 'TLSv1.2' as const } : {};
+    const tls = o.tls ? tlsOptions(o.tls) : {};
+    const self = this; // the engine reads these per command, so a reload applies at once
     this.server = new HardenedServer(
       {
         ...tls,
@@ -152,15 +166,24 @@ export class SmtpListener {
           if (o.auth) session.disabledCommands = this.disabled;
           cb();
         },
-        onClose: (session) => this.limiter.release(session.id, session.remoteAddress),
+        onClose: (session) => {
+          this.limiter.release(session.id, session.remoteAddress);
+          o.log.info({ session: session.id, client: session.remoteAddress }, 'disconnect');
+        },
         onAuth: (auth, session, cb) => this.onAuth(auth, session, cb),
         onRcptTo: (addr, session, cb) => this.onRcptTo(addr as RawAddress, session, cb),
         onData: (stream, session, cb) => this.onData(stream, session, cb),
       },
       {
-        hostname: o.hostname,
-        commandTimeoutMs: this.limits.commandTimeoutMs,
-        maxErrors: this.limits.maxErrors,
+        get hostname() {
+          return self.o.hostname;
+        },
+        get commandTimeoutMs() {
+          return self.limits.commandTimeoutMs;
+        },
+        get maxErrors() {
+          return self.limits.maxErrors;
+        },
         gate: (conn, command) => this.gate(conn, command),
       },
     );
@@ -175,12 +198,15 @@ export class SmtpListener {
     const address = session.remoteAddress;
     const allowed = this.o.allowedNetworks.contains(address);
     const refused = this.limiter.admit(session.id, address, allowed);
+    this.o.log.info({ session: session.id, client: address }, 'connect');
     if (refused) {
+      this.metrics.refused('connection_limit');
       this.o.log.warn({ client: address, reason: refused, connections: this.limiter.connections }, 'smtp: connection refused');
       const text = refused === 'too many connections' ? 'Error: too many connections' : `Error: too many connections from ${address}`;
       return cb(reply(421, '4.7.0', `${this.o.hostname} ${text}`));
     }
     if (!allowed && this.throttle?.locked(address)) {
+      this.metrics.refused('auth_lockout');
       this.o.log.warn({ client: address }, 'smtp: connection refused (AUTH lockout)');
       return cb(reply(421, '4.7.0', `${this.o.hostname} Error: too many failed authentication attempts, try again later`));
     }
@@ -217,6 +243,7 @@ export class SmtpListener {
           return cb(null, { user: username });
         }
         const lockedOut = this.throttle!.fail(client);
+        this.metrics.refused(lockedOut ? 'auth_lockout' : 'auth_failed');
         this.o.log.warn({ client, user: username, method: auth.method, lockedOut }, 'smtp: authentication failed');
         // the delay is what makes guessing slow; the lockout is what makes it stop
         setTimeout(() => {
@@ -234,7 +261,8 @@ export class SmtpListener {
   private onRcptTo(addr: RawAddress, session: SMTPServerSession, cb: (err?: Error | null) => void): void {
     const refusal = this.relay.check(addr.rawPath ?? addr.address, addr.address, this.permitted(session));
     if (refusal) {
-      this.o.log.info({ client: session.remoteAddress, rcpt: addr.address, reason: refusal }, 'relay access denied');
+      this.metrics.refused('relay_denied');
+      this.o.log.info({ session: session.id, client: session.remoteAddress, rcpt: addr.address, reason: refusal }, 'relay access denied');
       return cb(reply(554, '5.7.1', `<${addr.address}>: Relay access denied`));
     }
     cb();
@@ -268,6 +296,7 @@ export class SmtpListener {
     };
     // slowloris in DATA: the whole message must arrive within dataTimeoutMs
     const deadline = setTimeout(() => {
+      this.metrics.refused('timeout');
       this.o.log.warn({ client: session.remoteAddress, bytes: filter.size }, 'smtp: DATA timeout');
       conn?.hangUp(421, `4.4.2 ${this.o.hostname} Error: timeout exceeded`);
       stream.resume();
@@ -279,7 +308,8 @@ export class SmtpListener {
       if (b.length && filter.size <= this.o.maxMessageSize) chunks.push(b);
       if (filter.violation === 'bare LF' || filter.violation === 'bare CR') {
         // Postfix's smtpd_forbid_bare_newline = reject: answer and hang up right away
-        this.o.log.warn({ client: session.remoteAddress, violation: filter.violation }, 'smtp: refused message content');
+        this.metrics.refused('bare_newline');
+        this.o.log.warn({ session: session.id, client: session.remoteAddress, violation: filter.violation }, 'smtp: refused message content');
         conn?.hangUp(521, `5.5.2 ${this.o.hostname} Error: ${filter.violation === 'bare LF' ? 'bare <LF>' : 'bare <CR>'} received`);
         stream.resume();
         cb(reply(521, '5.5.2', 'Error: bare line ending received'));
@@ -290,12 +320,18 @@ export class SmtpListener {
     stream.once('end', () => {
       keep(filter.end());
       if (settled) return;
-      if (stream.sizeExceeded || filter.size > this.o.maxMessageSize) return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      if (stream.sizeExceeded || filter.size > this.o.maxMessageSize) {
+        this.metrics.refused('too_big');
+        this.o.log.info({ session: session.id, client: session.remoteAddress, size: filter.size }, 'refused: message too big');
+        return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      }
       if (filter.violation === 'NUL') {
+        this.metrics.refused('nul');
         this.o.log.warn({ client: session.remoteAddress }, 'smtp: refused message content (NUL)');
         return cb(reply(554, '5.6.0', 'Error: message content rejected: NUL character'));
       }
       if (filter.violation === 'too many hops') {
+        this.metrics.refused('mail_loop');
         this.o.log.warn({ client: session.remoteAddress, received: filter.receivedHeaders }, 'smtp: refused message (mail loop)');
         return cb(reply(554, '5.4.6', 'Too many hops'));
       }
@@ -315,6 +351,12 @@ export class SmtpListener {
       now,
     );
     const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
+    // ties the session's connect line to the queue id (Postfix: "ID: client=...")
+    const env = session.envelope;
+    this.o.log.info(
+      { id, session: session.id, client: session.remoteAddress, helo, tls: !!session.secure, body: env.bodyType, smtputf8: !!env.smtpUtf8 },
+      'client',
+    );
     this.o.acceptor
       .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
       .then(
@@ -322,9 +364,35 @@ export class SmtpListener {
         (err: unknown) => {
           if (err instanceof SmtpReply) return cb(err);
           this.o.log.error({ id, err }, 'accept failed unexpectedly');
+          this.metrics.refused('internal');
           cb(reply(451, '4.3.0', 'Error: queue file write error'));
         },
       );
+  }
+
+  /**
+   * Live change (config reload). smtp-server reads its options per session, our policy per
+   * command, so new sessions and commands see the change; sessions already open keep what
+   * they negotiated. Connection counts and AUTH lockouts carry over. TLS files are read here:
+   * a caller validates them first (see relay reload) so a bad file never half-applies.
+   */
+  reload(s: SmtpSettings): void {
+    this.limits = { ...DEFAULT_LIMITS, ...s.limits };
+    this.limiter.setLimits(this.limits);
+    this.relay = new RelayPolicy(s.relayDomains ?? []);
+    this.authenticator = s.auth ? new Authenticator(s.auth.users) : undefined;
+    this.throttle = s.auth ? (this.throttle ?? new AuthThrottle(s.auth)).withSettings(s.auth) : undefined;
+    this.disabled = [...ALWAYS_DISABLED, ...(s.auth ? [] : ['AUTH'])];
+    const opts = this.server.options as unknown as Record<string, unknown>;
+    opts.name = s.hostname;
+    opts.size = s.maxMessageSize;
+    opts.maxRecipients = s.maxRecipients;
+    opts.socketTimeout = s.socketTimeoutMs;
+    opts.maxCommandLength = this.limits.maxLineLength;
+    opts.disabledCommands = this.disabled;
+    opts.hideSTARTTLS = !s.tls;
+    if (s.tls) this.server.updateSecureContext(tlsOptions(s.tls));
+    Object.assign(this.o, s);
   }
 
   /** Stops accepting connections; open sessions are closed by smtp-server's close logic. */

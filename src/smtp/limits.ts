@@ -25,9 +25,14 @@ export class ConnectionLimiter {
   private sweepAt = 0;
 
   constructor(
-    private readonly o: ConnectionLimits,
+    private o: ConnectionLimits,
     private readonly now: () => number = Date.now,
   ) {}
+
+  /** New limits (config reload); sessions already admitted stay counted. */
+  setLimits(o: ConnectionLimits): void {
+    this.o = o;
+  }
 
   /** Called for every new session; when it returns null the session counts until release(). */
   admit(sessionId: string, address: string, exempt: boolean): LimitRefusal | null {
