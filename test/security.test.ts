@@ -5,7 +5,9 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import path from 'node:path';
 import tls from 'node:tls';
-import { chmodSync, readFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import YAML from 'yaml';
+import { loadConfig } from '../src/config/index.js';
 import { hashPassword, verifyPassword, passwordHashProblem } from '../src/smtp/passwords.js';
 import { startPair, send, waitFor, RawSmtp, runCli, type Pair } from './helpers.js';
 
@@ -77,6 +79,28 @@ describe('relay access', () => {
     // the quoted one was offered to the next hop as written; the sink (plain smtp-server) refuses it
     await waitFor(() => pair.logs['relay-a']!.some((l) => l.to === '"user@evil.test"@relay.test'), 20000, 'quoted rcpt judged');
     expect(pair.logs['relay-a']!.find((l) => l.to === '"user@evil.test"@relay.test')!.response).toMatch(/^501 .*Bad recipient address syntax/);
+  });
+});
+
+describe('reload', () => {
+  it('applies relayDomains and limits to new sessions on reload', async () => {
+    const pair = await pairWith({ smtp: { allowedNetworks: ['127.0.0.1/32'] } });
+    const port = pair.a.addresses.smtp.port;
+    const before = await raw(port, '127.0.0.2');
+    await hello(before);
+    await before.cmd('MAIL FROM:<x@outside.test>');
+    expect(await before.cmd('RCPT TO:<u@relay.test>')).toMatch(/^554 5\.7\.1 /);
+    const file = pair.files.configs['relay-a']!;
+    const doc = YAML.parse(readFileSync(file, 'utf8')) as { smtp: Record<string, unknown> };
+    doc.smtp.relayDomains = ['relay.test'];
+    doc.smtp.limits = { maxConnectionsPerAddress: 1 };
+    writeFileSync(file, YAML.stringify(doc));
+    expect(pair.a.reload(loadConfig(file))).toMatchObject({ ok: true });
+    // the open session still counts against the new per-address limit…
+    const second = await raw(port, '127.0.0.2');
+    expect(await second.reply()).toBe('421 4.7.0 relay-a.example.test Error: too many connections from 127.0.0.2');
+    // …and commands see the new relay domains
+    expect(await before.cmd('RCPT TO:<u@relay.test>')).toMatch(/^250 /);
   });
 });
 
