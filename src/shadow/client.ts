@@ -67,7 +67,10 @@ export class PeerClient {
     session.on('error', () => {
       /* reported through the failing requests */
     });
-    session.on('connect', () => session.setLocalWindowSize(WINDOW));
+    // the session can be destroyed before 'connect' is delivered (peer stopping): then this throws
+    session.on('connect', () => {
+      if (!session.destroyed) session.setLocalWindowSize(WINDOW);
+    });
     session.on('close', () => {
       if (this.session === session) this.session = undefined;
     });

@@ -88,7 +88,7 @@ export class ShadowServer {
       this.sessions.add(session);
       session.on('close', () => this.sessions.delete(session));
       session.on('error', () => session.destroy());
-      session.setLocalWindowSize(WINDOW);
+      if (!session.destroyed) session.setLocalWindowSize(WINDOW);
     });
     this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
     this.server.on('tlsClientError', (err) => o.log.debug({ err: err.message }, 'shadow: TLS handshake failed'));
