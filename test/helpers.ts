@@ -61,6 +61,7 @@ export interface Pair {
 export async function startPair(
   overrides: Record<string, unknown> = {},
   nodeOverrides: Record<string, Record<string, unknown>> = {},
+  attempt = 1,
 ): Promise<Pair> {
   const { dir, cleanup } = tmpDir();
   const sink = new Sink();
@@ -75,8 +76,20 @@ export async function startPair(
     running.set(name, r);
     return r;
   };
-  const b = await start('relay-b');
-  const a = await start('relay-a');
+  let a: Relay;
+  let b: Relay;
+  try {
+    b = await start('relay-b');
+    a = await start('relay-a');
+  } catch (e) {
+    // the replication ports are picked before the nodes bind them (each config names the
+    // other's); another process on this busy machine may take one in between: pick again
+    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 3) throw e;
+    await Promise.all([...running.values()].map((r) => r.stop()));
+    await sink.close();
+    cleanup();
+    return startPair(overrides, nodeOverrides, attempt + 1);
+  }
   await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
   const pair: Pair = {
     a,
