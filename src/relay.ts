@@ -1,12 +1,13 @@
 /**
  * The composition root: builds every part of one node from its Config and wires them.
  * smtp → accept (spool + shadow) → 250 → delivery → spool purge → shadow discard.
+ * Ops: one Metrics registry per node handed to the parts; the admin endpoint serves it, the
+ * probes and the queue API; reload(cfg) drives each part's live-changeable settings.
  * Nothing else constructs parts; tests and the CLI start nodes through here.
  */
-import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
-import { parseHostPort } from './config/index.js';
+import { parseHostPort, adminToken, loadConfig, ConfigError } from './config/index.js';
 import type { Spool } from './spool/index.js';
 import { ThreadedSpool } from './spool/thread.js';
 import { ShadowLink } from './shadow/index.js';
@@ -16,6 +17,10 @@ import { ShadowedAcceptor } from './core/accept.js';
 import { DeliveryWorker } from './delivery/index.js';
 import { AdminServer, type Readiness } from './ops/admin.js';
 import { createLogger } from './ops/log.js';
+import { secretFileWarnings } from './ops/secrets.js';
+import { Metrics } from './ops/metrics.js';
+import { QueueService } from './ops/queue.js';
+import { restartOnlyChanges, loadTlsMaterial } from './ops/reload.js';
 
 export interface RelayAddresses {
   smtp: { host: string; port: number };
@@ -23,11 +28,15 @@ export interface RelayAddresses {
   admin: { host: string; port: number };
 }
 
+export type ReloadResult = { ok: true; changed: string[] } | { ok: false; reason: string };
+
 export class Relay {
   private stopping: Promise<void> | undefined;
+  private current: Config;
+  private token: string | undefined;
 
   private constructor(
-    readonly config: Config,
+    config: Config,
     readonly log: Logger,
     readonly spool: Spool,
     readonly shadow: ShadowLink,
@@ -36,10 +45,21 @@ export class Relay {
     readonly delivery: DeliveryWorker,
     readonly admin: AdminServer,
     readonly addresses: RelayAddresses,
-  ) {}
+    readonly metrics: Metrics,
+    readonly queue: QueueService,
+  ) {
+    this.current = config;
+    this.token = adminToken(config);
+  }
+
+  /** The configuration in force (changes on a successful reload). */
+  get config(): Config {
+    return this.current;
+  }
 
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
-    const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level);
+    const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level, undefined, cfg.log.format);
+    for (const w of secretFileWarnings(cfg)) log.warn(w, 'secret file is readable by group or others: chmod 600 it');
     // writes run on the spool's own thread (spool/thread.ts): fsyncs never stall the loop
     const spool = await ThreadedSpool.openThreaded(cfg.node.dataDir, { node: cfg.node.name }, (err) =>
       log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart'),
@@ -47,11 +67,15 @@ export class Relay {
     const recovered = spool.recover();
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
 
-    const tls = {
-      ca: readFileSync(cfg.shadow.tls.ca),
-      cert: readFileSync(cfg.shadow.tls.cert),
-      key: readFileSync(cfg.shadow.tls.key),
-    };
+    const tls = loadTlsMaterial(cfg).shadow;
+    // the late-bound link lets the registry read peer state that exists only once built
+    let link: ShadowLink | undefined;
+    const metrics = new Metrics(cfg.node.name, {
+      queueStats: () => spool.queueStats(),
+      peers: () => link?.peers() ?? [],
+      discardsPending: () => spool.counts().outbox,
+      spoolBytes: () => spool.diskBytes(),
+    });
     const shadow = new ShadowLink({
       nodeName: cfg.node.name,
       listen: parseHostPort(cfg.shadow.listen)!,
@@ -62,7 +86,9 @@ export class Relay {
       maxMessageSize: cfg.smtp.maxMessageSize,
       spool,
       log,
+      metrics,
     });
+    link = shadow;
     const delivery = new DeliveryWorker({
       nextHop: cfg.delivery.nextHop,
       concurrency: cfg.delivery.concurrency,
@@ -71,6 +97,7 @@ export class Relay {
       spool,
       log,
       onPurged: () => shadow.pumpDiscards(),
+      metrics,
     });
     const acceptor = new ShadowedAcceptor({
       spool,
@@ -79,6 +106,7 @@ export class Relay {
       onFailure: cfg.shadow.onFailure,
       log,
       onAccepted: () => delivery.wake(),
+      metrics,
     });
     const smtp = new SmtpListener({
       hostname: cfg.smtp.hostname,
@@ -88,17 +116,30 @@ export class Relay {
       socketTimeoutMs: cfg.smtp.socketTimeoutMs,
       allowedNetworks: new NetworkList(cfg.smtp.allowedNetworks),
       tls: cfg.smtp.tls,
+      requireTLS: cfg.smtp.requireTLS,
+      relayDomains: cfg.smtp.relayDomains,
+      bareLineEndings: cfg.smtp.bareLineEndings,
+      auth: cfg.smtp.auth,
+      limits: cfg.smtp.limits,
       acceptor,
       log,
+      metrics,
     });
+    const queue = new QueueService({ spool, log, wake: () => delivery.wake(), pumpDiscards: () => shadow.pumpDiscards() });
     let smtpUp = false;
+    let relay: Relay | undefined;
     const admin = new AdminServer({
       readiness: (): Readiness => {
         const reasons: string[] = [];
         if (!smtpUp) reasons.push('smtp listener not up');
-        if (!shadow.anyPeerUp() && cfg.shadow.onFailure !== 'accept') reasons.push('no shadow peer reachable');
+        const onFailure = relay?.config.shadow.onFailure ?? cfg.shadow.onFailure;
+        if (!shadow.anyPeerUp() && onFailure !== 'accept') reasons.push('no shadow peer reachable');
         return { ready: reasons.length === 0, reasons };
       },
+      metrics: () => metrics.render(),
+      queue,
+      token: () => relay?.token ?? adminToken(cfg),
+      log,
     });
 
     const shadowAddr = await shadow.start();
@@ -109,8 +150,71 @@ export class Relay {
     const adminAddr = await admin.listen(adminHp.host, adminHp.port);
     delivery.start();
     const addresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
+    relay = new Relay(cfg, log, spool, shadow, smtp, acceptor, delivery, admin, addresses, metrics, queue);
     log.info({ ...addresses }, 'shadowrelay started');
-    return new Relay(cfg, log, spool, shadow, smtp, acceptor, delivery, admin, addresses);
+    return relay;
+  }
+
+  /**
+   * Applies a new configuration to a running node, all or nothing (see ops/reload.ts): a
+   * refused reload logs the reason and leaves the running configuration untouched.
+   */
+  reload(next: Config): ReloadResult {
+    const refuse = (reason: string): ReloadResult => {
+      this.log.error({ file: next.file, reason }, 'reload refused; the running configuration stays');
+      this.metrics.reload(false);
+      return { ok: false, reason };
+    };
+    const restart = restartOnlyChanges(this.current, next);
+    if (restart.length) return refuse(`${restart.join(', ')} changed: needs a restart`);
+    let material;
+    try {
+      material = loadTlsMaterial(next);
+    } catch (e) {
+      return refuse((e as Error).message);
+    }
+    const changed = (['smtp', 'shadow', 'delivery', 'admin', 'log'] as const).filter(
+      (k) => JSON.stringify(this.current[k]) !== JSON.stringify(next[k]),
+    );
+    // certificates may change on disk under the same file names: always re-apply them
+    this.shadow.reload({ tls: material.shadow, timeoutMs: next.shadow.timeoutMs });
+    this.acceptor.setOnFailure(next.shadow.onFailure);
+    this.smtp.reload({
+      hostname: next.smtp.hostname,
+      maxMessageSize: next.smtp.maxMessageSize,
+      maxRecipients: next.smtp.maxRecipients,
+      socketTimeoutMs: next.smtp.socketTimeoutMs,
+      allowedNetworks: new NetworkList(next.smtp.allowedNetworks),
+      tls: next.smtp.tls,
+      requireTLS: next.smtp.requireTLS,
+      relayDomains: next.smtp.relayDomains,
+      bareLineEndings: next.smtp.bareLineEndings,
+      auth: next.smtp.auth,
+      limits: next.smtp.limits,
+    });
+    if (JSON.stringify(this.current.delivery) !== JSON.stringify(next.delivery) || this.current.smtp.hostname !== next.smtp.hostname) {
+      this.delivery.reload({ ...next.delivery, hostname: next.smtp.hostname });
+    }
+    this.log.level = next.log.level;
+    this.token = adminToken(next);
+    this.current = next;
+    this.metrics.reload(true);
+    this.log.info({ file: next.file, changed, certificates: 'reloaded' }, 'configuration reloaded');
+    return { ok: true, changed };
+  }
+
+  /** SIGHUP: re-reads the configuration file this node was started with. */
+  reloadFromFile(file: string = this.current.file): ReloadResult {
+    let next: Config;
+    try {
+      next = loadConfig(file);
+    } catch (e) {
+      const reason = e instanceof ConfigError ? e.problems.join('; ') : (e as Error).message;
+      this.log.error({ file, reason }, 'reload refused; the running configuration stays');
+      this.metrics.reload(false);
+      return { ok: false, reason };
+    }
+    return this.reload(next);
   }
 
   /** Graceful stop: no new clients, finish in-flight work, close the spool. Idempotent. */

@@ -10,6 +10,17 @@ export interface SinkMessage {
   from: string;
   to: string[];
   raw: Buffer;
+  /** the session was TLS-protected (STARTTLS) */
+  secure: boolean;
+  /** the authenticated user, if the sender logged in */
+  user?: string;
+}
+
+export interface SinkOptions {
+  /** offer STARTTLS with this certificate (PEM) */
+  tls?: { key: string | Buffer; cert: string | Buffer };
+  /** offer AUTH PLAIN/LOGIN and require it, with these credentials */
+  auth?: { user: string; pass: string };
 }
 
 export type RcptPolicy = (rcpt: string, attempt: number) => { code: number; message: string } | null;
@@ -24,11 +35,18 @@ export class Sink extends EventEmitter {
   /** while set, the final reply to DATA waits for it (lets a test look at a moment in between) */
   gate: Promise<void> | null = null;
 
-  constructor() {
+  constructor(opts: SinkOptions = {}) {
     super();
+    const disabled = [...(opts.auth ? [] : ['AUTH']), ...(opts.tls ? [] : ['STARTTLS'])];
     this.server = new SMTPServer({
-      authOptional: true,
-      disabledCommands: ['AUTH', 'STARTTLS'],
+      ...(opts.tls ? { key: opts.tls.key, cert: opts.tls.cert } : {}),
+      authOptional: !opts.auth,
+      allowInsecureAuth: true,
+      onAuth: (a, _s, cb) => {
+        if (opts.auth && a.username === opts.auth.user && a.password === opts.auth.pass) return cb(null, { user: a.username });
+        cb(new Error('Invalid credentials'));
+      },
+      disabledCommands: disabled,
       disableReverseLookup: true,
       logger: false,
       size: 64 * 1024 * 1024,
@@ -52,6 +70,8 @@ export class Sink extends EventEmitter {
             from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
             to: session.envelope.rcptTo.map((r) => r.address),
             raw: Buffer.concat(chunks),
+            secure: !!session.secure,
+            ...(session.user ? { user: String(session.user) } : {}),
           };
           this.messages.push(m);
           this.emit('message', m);

@@ -46,6 +46,12 @@ describe('check-config', () => {
     ['missing key', (d) => delete (d.node as Record<string, unknown>).name, /node\.name: required key is missing/],
     ['unreadable certificate', { shadow: { tls: { cert: 'certs/nope.crt' } } }, /shadow\.tls\.cert: cannot read .*nope\.crt/],
     ['no peers', { shadow: { peers: [] } }, /shadow\.peers: at least one peer/],
+    ['plain-text password', { smtp: { tls: { cert: 'certs/relay-a.crt', key: 'certs/relay-a.key' }, auth: { users: [{ username: 'u', passwordHash: 'secret' }] } } }, /smtp\.auth\.users\.0\.passwordHash: expected a hash made by `shadowrelay hash-password`/],
+    ['AUTH without TLS', { smtp: { auth: { users: [{ username: 'u', passwordHash: '$scrypt$ln=15,r=8,p=1$Ev5JmC2QtLOkWdN65xCwig$EVaCR6my98kb/LBgbkfuEORjjyFNPkUxNuxokTDSCRc' }] } } }, /smtp\.auth: needs smtp\.tls/],
+    ['requireTLS without TLS', { smtp: { requireTLS: true } }, /smtp\.requireTLS: needs smtp\.tls/],
+    ['bad limit', { smtp: { limits: { maxLineLength: 10 } } }, /smtp\.limits\.maxLineLength: /],
+    ['bad bare line ending mode', { smtp: { bareLineEndings: 'strip' } }, /smtp\.bareLineEndings: /],
+    ['next-hop password twice', { delivery: { nextHop: { auth: { user: 'u', pass: 'p', passFile: 'f' } } } }, /delivery\.nextHop\.auth: give exactly one of pass and passFile/],
   ];
   for (const [what, change, expected] of cases) {
     it(`names the key for: ${what}`, async () => {
@@ -70,6 +76,22 @@ describe('check-config', () => {
     const r = await runCli(['check-config', '--config', f]);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/syntax\.yaml[\s\S]*YAML syntax/);
+  });
+});
+
+describe('hash-password', () => {
+  it('reads the password from stdin and prints a hash that verifies', async () => {
+    const { spawn } = await import('node:child_process');
+    const { CLI } = await import('./helpers.js');
+    const { verifyPassword } = await import('../src/smtp/passwords.js');
+    const p = spawn(process.execPath, [CLI, 'hash-password'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stdin.end('s3cret pass\n');
+    expect(await new Promise((r) => p.on('close', r))).toBe(0);
+    expect(out.trim()).toMatch(/^\$scrypt\$ln=15,r=8,p=1\$/);
+    expect(await verifyPassword('s3cret pass', out.trim())).toBe(true);
+    expect(await verifyPassword('s3cret pas', out.trim())).toBe(false);
   });
 });
 

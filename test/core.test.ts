@@ -19,6 +19,7 @@ import {
   tmpDir,
   memoryLogger,
   startNodeProcess,
+  signedByPairCa,
   type Pair,
   type NodeProcess,
 } from './helpers.js';
@@ -54,6 +55,8 @@ describe('core relay path', () => {
     expect(m![1]).toBe(id);
     expect(got.raw.subarray(Buffer.byteLength(m![0])).equals(Buffer.from(RAW, 'utf8'))).toBe(true);
     await waitFor(() => pair.a.spool.list().length === 0 && pair.b.spool.list().length === 0, 20000, 'purge on both');
+    // relay-a deletes its owed discard only after relay-b's answer, a moment after relay-b purged
+    await waitFor(() => pair.a.spool.counts().outbox === 0, 20000, 'the discard to be confirmed');
     expect(pair.a.spool.counts()).toEqual({ primary: 0, shadow: 0, outbox: 0 });
     expect(pair.b.spool.counts()).toEqual({ primary: 0, shadow: 0, outbox: 0 });
   });
@@ -213,37 +216,41 @@ describe('shadow endpoint refuses clients without the right certificate', () => 
     const other = await makeCertSet(['relay-a']);
     expect(await tryConnect(port, { ca, cert: other.nodes['relay-a']!.cert, key: other.nodes['relay-a']!.key })).toBe('refused');
     // signed by the right CA but for a node B does not know: refused by name
-    const { writeCertSet } = await import('../src/certs/index.js');
-    void writeCertSet;
     const stranger = await signedByPairCa(own, 'mallory');
     expect(await tryConnect(port, { ca, ...stranger })).toBe('refused');
   });
-});
 
-/** Issues a certificate for `name` from the pair's own CA (the CA key is in the cert dir). */
-async function signedByPairCa(certDir: string, name: string): Promise<{ cert: string; key: string }> {
-  await import('reflect-metadata');
-  const x509 = await import('@peculiar/x509');
-  const { webcrypto } = await import('node:crypto');
-  const crypto = webcrypto as unknown as Crypto;
-  x509.cryptoProvider.set(crypto);
-  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
-  const caCert = new x509.X509Certificate(readFileSync(path.join(certDir, 'ca.crt'), 'utf8'));
-  const caKeyPem = readFileSync(path.join(certDir, 'ca.key'), 'utf8');
-  const der = Buffer.from(caKeyPem.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
-  const caKey = await crypto.subtle.importKey('pkcs8', der, alg, false, ['sign']);
-  const keys = (await crypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as CryptoKeyPair;
-  const cert = await x509.X509CertificateGenerator.create({
-    serialNumber: '0badc0de',
-    subject: `CN=${name}`,
-    issuer: caCert.subject,
-    notBefore: new Date(Date.now() - 3600e3),
-    notAfter: new Date(Date.now() + 3600e3),
-    publicKey: keys.publicKey,
-    signingKey: caKey,
-    signingAlgorithm: alg,
-    extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: name }])],
+  it('the client side refuses a server whose certificate (right CA) names another node', async () => {
+    const { dir, cleanup } = tmpDir();
+    cleanups.push(cleanup);
+    const files = await writePairConfigs({ dir, sinkPort: 1 });
+    const own = files.certDir;
+    const read = (f: string) => readFileSync(path.join(own, f));
+    const http2 = await import('node:http2');
+    const { PeerClient } = await import('../src/shadow/client.js');
+    // a TLS endpoint that answers every request; only its certificate differs between runs
+    const serve = async (cert: { cert: string | Buffer; key: string | Buffer }) => {
+      const srv = http2.createSecureServer({ ...cert, ca: read('ca.crt'), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' });
+      srv.on('stream', (st) => {
+        st.on('error', () => {});
+        st.respond({ ':status': 200 });
+        st.end(JSON.stringify({ name: 'relay-b', incarnation: 'x' }));
+      });
+      await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+      cleanups.push(() => new Promise<void>((r) => srv.close(() => r())));
+      return (srv.address() as { port: number }).port;
+    };
+    const client = (port: number) => {
+      const c = new PeerClient({ name: 'relay-b', host: '127.0.0.1', port, tls: { ca: read('ca.crt'), cert: read('relay-a.crt'), key: read('relay-a.key') } });
+      cleanups.push(() => c.close());
+      return c;
+    };
+    // control: the real relay-b certificate is accepted
+    const good = await serve({ cert: read('relay-b.crt'), key: read('relay-b.key') });
+    await expect(client(good).heartbeat({ name: 'relay-a', incarnation: 'i' }, 5000)).resolves.toMatchObject({ name: 'relay-b' });
+    // mallory's certificate also names 127.0.0.1 and localhost: only the peer-name check can refuse it
+    const mallory = await signedByPairCa(own, 'mallory', { ips: ['127.0.0.1'], dnsNames: ['localhost'] });
+    const bad = await serve(mallory);
+    await expect(client(bad).heartbeat({ name: 'relay-a', incarnation: 'i' }, 5000)).rejects.toThrow(/relay-b/);
   });
-  const pk = Buffer.from(await crypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
-  return { cert: cert.toString('pem'), key: `-----BEGIN PRIVATE KEY-----\n${pk.replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n` };
-}
+});

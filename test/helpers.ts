@@ -7,7 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
-import { spawn, type ChildProcess } from 'node:child_process';
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import nodemailer from 'nodemailer';
 import pino from 'pino';
@@ -20,6 +23,7 @@ import { waitFor } from '../src/core/wait.js';
 
 export { waitFor } from '../src/core/wait.js';
 export { Sink } from '../src/sink.js';
+export { freePort } from '../src/core/net.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -57,6 +61,7 @@ export interface Pair {
 export async function startPair(
   overrides: Record<string, unknown> = {},
   nodeOverrides: Record<string, Record<string, unknown>> = {},
+  attempt = 1,
 ): Promise<Pair> {
   const { dir, cleanup } = tmpDir();
   const sink = new Sink();
@@ -71,8 +76,20 @@ export async function startPair(
     running.set(name, r);
     return r;
   };
-  const b = await start('relay-b');
-  const a = await start('relay-a');
+  let a: Relay;
+  let b: Relay;
+  try {
+    b = await start('relay-b');
+    a = await start('relay-a');
+  } catch (e) {
+    // the replication ports are picked before the nodes bind them (each config names the
+    // other's); another process on this busy machine may take one in between: pick again
+    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 3) throw e;
+    await Promise.all([...running.values()].map((r) => r.stop()));
+    await sink.close();
+    cleanup();
+    return startPair(overrides, nodeOverrides, attempt + 1);
+  }
   await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
   const pair: Pair = {
     a,
@@ -104,7 +121,14 @@ export interface SendResult {
 /** Sends through a relay with nodemailer; resolves with the final reply (success or error). */
 export async function send(
   port: number,
-  o: { from?: string; to?: string[]; raw?: string | Buffer; localAddress?: string } = {},
+  o: {
+    from?: string;
+    to?: string[];
+    raw?: string | Buffer;
+    localAddress?: string;
+    /** merged into the nodemailer transport options (STARTTLS, AUTH, …) */
+    transport?: Record<string, unknown>;
+  } = {},
 ): Promise<SendResult> {
   const t = nodemailer.createTransport({
     host: '127.0.0.1',
@@ -114,6 +138,7 @@ export async function send(
     localAddress: o.localAddress,
     connectionTimeout: 20000,
     socketTimeout: 60000,
+    ...o.transport,
   } as nodemailer.TransportOptions);
   const to = o.to ?? ['bob@example.test'];
   try {
@@ -155,17 +180,41 @@ export class RawSmtp {
   private buf = '';
   private waiters: Array<() => void> = [];
   closed = false;
+  /** resolves when the server closed the connection */
+  readonly closedP: Promise<void>;
+  private onClosed!: () => void;
 
-  private constructor(readonly sock: net.Socket) {
+  private constructor(public sock: net.Socket) {
+    this.closedP = new Promise((r) => (this.onClosed = r));
+    this.attach(sock);
+  }
+
+  private attach(sock: net.Socket): void {
     sock.on('data', (d) => {
       this.buf += d.toString('latin1');
       for (const w of this.waiters.splice(0)) w();
     });
     sock.on('close', () => {
       this.closed = true;
+      this.onClosed();
       for (const w of this.waiters.splice(0)) w();
     });
     sock.on('error', () => {});
+  }
+
+  /** Sends STARTTLS and upgrades the socket; resolves once the handshake is done. */
+  async starttls(opts: tls.ConnectionOptions): Promise<void> {
+    const r = await this.cmd('STARTTLS');
+    if (!r?.startsWith('220')) throw new Error(`STARTTLS refused: ${r}`);
+    const plain = this.sock;
+    plain.removeAllListeners('data');
+    plain.removeAllListeners('close');
+    await new Promise<void>((resolve, reject) => {
+      const s = tls.connect({ socket: plain, ...opts }, () => resolve());
+      s.once('error', reject);
+      this.sock = s;
+      this.attach(s);
+    });
   }
 
   static connect(port: number, localAddress?: string): Promise<RawSmtp> {
@@ -211,10 +260,27 @@ export class RawSmtp {
   }
 }
 
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
 /** Runs the CLI as a child process and collects its output. */
-export function runCli(args: string[], timeoutMs = 60000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(args: string[], timeoutMs = 60000): Promise<RunResult> {
+  return runCommand([process.execPath, CLI, ...args], timeoutMs);
+}
+
+/** Where a program is on PATH (sbin folders included), or null. */
+export function which(bin: string): string | null {
+  const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8', env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+/** Runs any command line to completion (killed after `timeoutMs`) and collects its output. */
+export function runCommand(argv: string[], timeoutMs = 60000): Promise<RunResult> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -281,4 +347,76 @@ export function startNodeProcess(configFile: string, name: string, timeoutMs = 2
 export function writeFile(file: string, text: string): string {
   writeFileSync(file, text);
   return file;
+}
+
+/** Issues a certificate for `name` from a pair's own CA (the CA key is in the cert dir). */
+export async function signedByPairCa(
+  certDir: string,
+  name: string,
+  opts: { ips?: string[]; dnsNames?: string[] } = {},
+): Promise<{ cert: string; key: string }> {
+  await import('reflect-metadata');
+  const x509 = await import('@peculiar/x509');
+  const { webcrypto } = await import('node:crypto');
+  const crypto = webcrypto as unknown as Crypto;
+  x509.cryptoProvider.set(crypto);
+  const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
+  const caCert = new x509.X509Certificate(readFileSync(path.join(certDir, 'ca.crt'), 'utf8'));
+  const caKeyPem = readFileSync(path.join(certDir, 'ca.key'), 'utf8');
+  const der = Buffer.from(caKeyPem.replace(/-----[^-]+-----/g, '').replace(/\s/g, ''), 'base64');
+  const caKey = await crypto.subtle.importKey('pkcs8', der, alg, false, ['sign']);
+  const keys = (await crypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as CryptoKeyPair;
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: '0badc0de',
+    subject: `CN=${name}`,
+    issuer: caCert.subject,
+    notBefore: new Date(Date.now() - 3600e3),
+    notAfter: new Date(Date.now() + 3600e3),
+    publicKey: keys.publicKey,
+    signingKey: caKey,
+    signingAlgorithm: alg,
+    extensions: [
+      new x509.SubjectAlternativeNameExtension([
+        { type: 'dns', value: name },
+        ...(opts.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
+        ...(opts.ips ?? []).map((value) => ({ type: 'ip' as const, value })),
+      ]),
+    ],
+  });
+  const pk = Buffer.from(await crypto.subtle.exportKey('pkcs8', keys.privateKey)).toString('base64');
+  return { cert: cert.toString('pem'), key: `-----BEGIN PRIVATE KEY-----\n${pk.replace(/(.{64})/g, '$1\n')}\n-----END PRIVATE KEY-----\n` };
+}
+
+/** One request to a node's admin endpoint; resolves with status and text (any status). */
+export function adminHttp(
+  port: number,
+  path: string,
+  o: { method?: string; token?: string } = {},
+): Promise<{ status: number; text: string; json: () => unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path, method: o.method ?? 'GET', headers: o.token ? { authorization: `Bearer ${o.token}` } : {} },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text, json: () => JSON.parse(text) as unknown }));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The value of one Prometheus sample (`name{labels}`) in an exposition text, or undefined. */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have: Record<string, string> = {};
+    for (const kv of (m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) have[kv[1]!] = kv[2]!;
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
 }

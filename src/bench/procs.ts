@@ -135,6 +135,21 @@ export const peakRss = (pid: number): number | null => statusField(pid, 'VmHWM')
 export const currentRss = (pid: number): number | null => statusField(pid, 'VmRSS');
 
 /**
+ * Proportional set size in bytes: shared pages split between the processes sharing them, so
+ * a sum over many processes of one program (Postfix's daemons) does not count them N times.
+ * Falls back to RSS when smaps_rollup is not readable.
+ */
+export function currentPss(pid: number): number | null {
+  try {
+    const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+    if (m) return Number(m[1]) * 1024;
+  } catch {
+    /* not readable */
+  }
+  return currentRss(pid);
+}
+
+/**
  * Resets a process's VmHWM so the next reading is the peak of the next phase only
  * (Linux `clear_refs` 5; needs the same user or root). Returns false when not possible.
  */
@@ -188,6 +203,7 @@ export class RssSampler {
     private readonly pids: () => number[],
     private readonly everyMs: number,
     private readonly keepSeries = false,
+    private readonly measure: (pid: number) => number | null = currentRss,
   ) {}
 
   start(): this {
@@ -198,7 +214,7 @@ export class RssSampler {
   }
 
   sample(): void {
-    const rss = this.pids().map((p) => currentRss(p) ?? 0);
+    const rss = this.pids().map((p) => this.measure(p) ?? 0);
     const sum = rss.reduce((a, b) => a + b, 0);
     if (sum > this.maxSum) this.maxSum = sum;
     if (this.keepSeries) this.series.push({ t: Date.now(), rss });

@@ -42,7 +42,7 @@ export interface SerialFigures {
 }
 
 export interface MemoryFigures {
-  /** peak RSS in bytes per process (shadowrelay: VmHWM of each node; Postfix: sampled sum of its processes) */
+  /** peak memory in bytes per process (shadowrelay: VmHWM of each node; Postfix: sampled peak of the sum of its processes' PSS) */
   peakRss: Record<string, number | null>;
 }
 

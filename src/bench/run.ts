@@ -23,7 +23,7 @@ import { runLoad, percentile, type LoadResult } from './loadgen.js';
 import { runSmtpSource } from './smtp-source.js';
 import { postfixUnavailable, startPostfix } from './postfix.js';
 import { startPair, type RunningPair } from './shadowrelay.js';
-import { CpuMeter, findBinary, loadavg, peakRss, Registry, resetPeakRss, RssSampler, round2 } from './procs.js';
+import { CpuMeter, currentPss, findBinary, loadavg, peakRss, Registry, resetPeakRss, RssSampler, round2 } from './procs.js';
 import {
   judgeTargets,
   markdown,
@@ -260,12 +260,13 @@ function nodeMemory(nodes: Array<{ name: string; pid: number }>): Memory {
   };
 }
 
+/** Sampled peak of the sum of PSS over a process tree (Postfix: many small processes). */
 function treeMemory(label: string, pids: () => number[]): Memory {
-  let s = new RssSampler(pids, 200).start();
+  let s = new RssSampler(pids, 200, false, currentPss).start();
   return {
     reset: () => {
       s.stop();
-      s = new RssSampler(pids, 200).start();
+      s = new RssSampler(pids, 200, false, currentPss).start();
     },
     read: () => ({ [label]: s.stop().maxSum || null }),
   };
@@ -412,12 +413,12 @@ async function main(): Promise<number> {
         report.systems.push(
           await runSystem(res, async () => {
             const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
-            const pf = await startPostfix(sink.port);
+            const pf = await startPostfix({ relayhost: `[127.0.0.1]:${sink.port}` });
             reg.defer('stop Postfix', () => pf.stop());
             res.label = `Postfix ${pf.version}`;
             report.tools.postfix = pf.version;
             try {
-              await standardPasses(res, { port: pf.port, relays: true, pids: pf.pids }, sink, treeMemory('all processes', pf.pids));
+              await standardPasses(res, { port: pf.port, relays: true, pids: pf.pids }, sink, treeMemory('all processes (PSS)', pf.pids));
             } finally {
               await pf.stop();
               await sink.stop();

@@ -13,6 +13,8 @@ import os from 'node:os';
 import YAML from 'yaml';
 import { z } from 'zod';
 import ipaddr from 'ipaddr.js';
+import { domainToASCII } from 'node:url';
+import { passwordHashProblem } from '../smtp/passwords.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -55,7 +57,59 @@ const cidr = z.string().refine(
 );
 
 const positiveInt = z.number().int().positive();
+const nonNegativeInt = z.number().int().min(0);
 const fileRef = z.string().min(1);
+
+const domainName = z
+  .string()
+  .refine((s) => domainToASCII(s.replace(/^\./, '').replace(/\.$/, '')) !== '', { message: 'expected a domain name such as example.com' });
+
+// Postfix's defaults where Postfix has the same limit (named in README's config table)
+const LIMIT_DEFAULTS = {
+  maxConnections: 500,
+  maxConnectionsPerAddress: 50,
+  connectionRatePerMinute: 120,
+  commandTimeoutMs: 300000,
+  dataTimeoutMs: 600000,
+  maxLineLength: 2048,
+  maxErrors: 20,
+  maxReceivedHeaders: 50,
+};
+
+const smtpLimits = z
+  .object({
+    maxConnections: positiveInt.default(LIMIT_DEFAULTS.maxConnections),
+    maxConnectionsPerAddress: positiveInt.default(LIMIT_DEFAULTS.maxConnectionsPerAddress),
+    connectionRatePerMinute: nonNegativeInt.default(LIMIT_DEFAULTS.connectionRatePerMinute),
+    commandTimeoutMs: positiveInt.default(LIMIT_DEFAULTS.commandTimeoutMs),
+    dataTimeoutMs: positiveInt.default(LIMIT_DEFAULTS.dataTimeoutMs),
+    maxLineLength: z.number().int().min(512).default(LIMIT_DEFAULTS.maxLineLength),
+    maxErrors: positiveInt.default(LIMIT_DEFAULTS.maxErrors),
+    maxReceivedHeaders: positiveInt.default(LIMIT_DEFAULTS.maxReceivedHeaders),
+  })
+  .strict()
+  .default(LIMIT_DEFAULTS);
+
+const AUTH_DEFAULTS = { failureDelayMs: 1000, maxFailures: 5, failureWindowMs: 600000, lockoutMs: 900000 };
+
+const smtpAuth = z
+  .object({
+    users: z
+      .array(
+        z
+          .object({
+            username: z.string().min(1).max(256).refine((s) => !/[\x00-\x1f\x7f]/.test(s), { message: 'control characters are not allowed' }),
+            passwordHash: z.string().refine((s) => passwordHashProblem(s) === null, { message: 'expected a hash made by `shadowrelay hash-password` ($scrypt$… or $argon2id$…)' }),
+          })
+          .strict(),
+      )
+      .min(1),
+    failureDelayMs: nonNegativeInt.default(AUTH_DEFAULTS.failureDelayMs),
+    maxFailures: positiveInt.default(AUTH_DEFAULTS.maxFailures),
+    failureWindowMs: positiveInt.default(AUTH_DEFAULTS.failureWindowMs),
+    lockoutMs: positiveInt.default(AUTH_DEFAULTS.lockoutMs),
+  })
+  .strict();
 
 const schema = z
   .object({
@@ -77,6 +131,11 @@ const schema = z
         // RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes for a client.
         socketTimeoutMs: positiveInt.default(300000),
         tls: z.object({ cert: fileRef, key: fileRef }).strict().optional(),
+        requireTLS: z.boolean().default(false),
+        relayDomains: z.array(domainName).default([]),
+        bareLineEndings: z.enum(['normalize', 'reject']).default('normalize'),
+        auth: smtpAuth.optional(),
+        limits: smtpLimits,
       })
       .strict(),
     shadow: z
@@ -99,6 +158,13 @@ const schema = z
             host: z.string().min(1),
             port: z.number().int().min(1).max(65535).default(25),
             tls: z.enum(['none', 'opportunistic', 'required']).default('opportunistic'),
+            ca: fileRef.optional(),
+            tlsServerName: z.string().min(1).optional(),
+            auth: z
+              .object({ user: z.string().min(1), pass: z.string().min(1).optional(), passFile: fileRef.optional() })
+              .strict()
+              .refine((a) => (a.pass === undefined) !== (a.passFile === undefined), { message: 'give exactly one of pass and passFile' })
+              .optional(),
           })
           .strict(),
         concurrency: positiveInt.default(10),
@@ -113,13 +179,23 @@ const schema = z
       })
       .strict(),
     admin: z
-      .object({ listen: hostPort.default('127.0.0.1:9025') })
+      .object({
+        listen: hostPort.default('127.0.0.1:9025'),
+        // bearer token for /metrics and the /queue API (the probes stay open)
+        token: z.string().min(16, 'at least 16 characters').optional(),
+        tokenFile: fileRef.optional(),
+      })
       .strict()
+      .refine((a) => !(a.token && a.tokenFile), { message: 'set admin.token or admin.tokenFile, not both' })
       .default({ listen: '127.0.0.1:9025' }),
     log: z
-      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        // auto: human-readable when stdout is a terminal, JSON lines otherwise
+        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+      })
       .strict()
-      .default({ level: 'info' }),
+      .default({ level: 'info', format: 'auto' }),
   })
   .strict();
 
@@ -145,6 +221,23 @@ export function parseConfig(doc: unknown, file: string): Config {
   const abs = (p: string) => path.resolve(base, p);
   cfg.node.dataDir = abs(cfg.node.dataDir);
   if (cfg.smtp.tls) cfg.smtp.tls = { cert: abs(cfg.smtp.tls.cert), key: abs(cfg.smtp.tls.key) };
+  if (cfg.smtp.requireTLS && !cfg.smtp.tls) throw new ConfigError(file, ['smtp.requireTLS: needs smtp.tls (a certificate to offer STARTTLS with)']);
+  if (cfg.smtp.auth && !cfg.smtp.tls) {
+    throw new ConfigError(file, ['smtp.auth: needs smtp.tls (clients outside allowedNetworks may send a password only after STARTTLS)']);
+  }
+  if (cfg.smtp.auth) {
+    const seen = new Set<string>();
+    for (const [i, u] of cfg.smtp.auth.users.entries()) {
+      if (seen.has(u.username)) throw new ConfigError(file, [`smtp.auth.users.${i}.username: duplicate user "${u.username}"`]);
+      seen.add(u.username);
+    }
+  }
+  // compared against the unicode form smtp-server gives recipient domains
+  cfg.smtp.relayDomains = cfg.smtp.relayDomains.map((d) => d.toLowerCase().replace(/\.$/, ''));
+  const hop = cfg.delivery.nextHop;
+  if (hop.ca) hop.ca = abs(hop.ca);
+  if (hop.auth?.passFile) hop.auth.passFile = abs(hop.auth.passFile);
+  if (cfg.admin.tokenFile) cfg.admin.tokenFile = abs(cfg.admin.tokenFile);
   cfg.shadow.tls = {
     ca: abs(cfg.shadow.tls.ca),
     cert: abs(cfg.shadow.tls.cert),
@@ -187,9 +280,26 @@ export function loadConfig(file: string): Config {
     mustRead('smtp.tls.cert', cfg.smtp.tls.cert);
     mustRead('smtp.tls.key', cfg.smtp.tls.key);
   }
+  if (cfg.delivery.nextHop.ca) mustRead('delivery.nextHop.ca', cfg.delivery.nextHop.ca);
+  if (cfg.delivery.nextHop.auth?.passFile) mustRead('delivery.nextHop.auth.passFile', cfg.delivery.nextHop.auth.passFile);
   mustRead('shadow.tls.ca', cfg.shadow.tls.ca);
   mustRead('shadow.tls.cert', cfg.shadow.tls.cert);
   mustRead('shadow.tls.key', cfg.shadow.tls.key);
+  if (cfg.admin.tokenFile) {
+    mustRead('admin.tokenFile', cfg.admin.tokenFile);
+    if (!problems.length && !adminToken(cfg)) problems.push(`admin.tokenFile: ${cfg.admin.tokenFile} is empty`);
+  }
   if (problems.length) throw new ConfigError(file, problems);
   return cfg;
+}
+
+/** The admin bearer token (`admin.token`, or the first line of `admin.tokenFile`), if any. */
+export function adminToken(cfg: Config): string | undefined {
+  if (cfg.admin.token) return cfg.admin.token;
+  if (!cfg.admin.tokenFile) return undefined;
+  try {
+    return readFileSync(cfg.admin.tokenFile, 'utf8').split(/\r?\n/)[0]!.trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }

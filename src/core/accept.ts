@@ -11,6 +11,7 @@ import type { Spool } from '../spool/index.js';
 import type { Acceptor, InboundMessage } from '../smtp/index.js';
 import { reply } from '../smtp/replies.js';
 import type { ReplicateInput } from '../shadow/index.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface Replicator {
   replicate(m: ReplicateInput): Promise<string>;
@@ -31,12 +32,22 @@ export interface ShadowedAcceptorOptions {
   log: Logger;
   /** called after the message is durable on two nodes (or degraded-accepted) */
   onAccepted: (id: string) => void;
+  metrics?: Pick<RelayMetrics, 'accepted' | 'refused'>;
 }
 
 export class ShadowedAcceptor implements Acceptor {
   readonly counters: AcceptCounters = { accepted: 0, degraded: 0, refusedShadow: 0, refusedStorage: 0 };
 
-  constructor(private readonly o: ShadowedAcceptorOptions) {}
+  private readonly metrics: Pick<RelayMetrics, 'accepted' | 'refused'>;
+
+  constructor(private readonly o: ShadowedAcceptorOptions) {
+    this.metrics = o.metrics ?? noMetrics;
+  }
+
+  /** Live change (config reload): the policy when no peer confirms. */
+  setOnFailure(onFailure: 'reject' | 'accept'): void {
+    this.o.onFailure = onFailure;
+  }
 
   async accept(m: InboundMessage): Promise<string> {
     const { spool, log } = this.o;
@@ -59,6 +70,7 @@ export class ShadowedAcceptor implements Acceptor {
     const localErr = await local;
     if (localErr) {
       this.counters.refusedStorage++;
+      this.metrics.refused('storage');
       log.error({ id: m.id, err: localErr.message }, 'spool write failed');
       void shadow.then((r) => (r.err ? undefined : spool.dropUnacked(m.id, this.o.peerNames))).catch(() => undefined);
       throw reply(452, '4.3.1', 'Insufficient system storage');
@@ -77,6 +89,7 @@ export class ShadowedAcceptor implements Acceptor {
         log.warn({ id: m.id, reason }, 'DEGRADED: accepted without a shadow copy (shadow.onFailure=accept)');
       } else {
         this.counters.refusedShadow++;
+        this.metrics.refused('shadow_unconfirmed');
         await spool.dropUnacked(m.id, this.o.peerNames).catch((e: Error) => log.error({ id: m.id, err: e.message }, 'drop failed'));
         log.warn({ id: m.id, reason }, 'refused: shadow copy not confirmed');
         throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
@@ -86,12 +99,14 @@ export class ShadowedAcceptor implements Acceptor {
       await spool.markAccepted(m.id, peer);
     } catch (err) {
       this.counters.refusedStorage++;
+      this.metrics.refused('storage');
       await spool.dropUnacked(m.id, this.o.peerNames).catch(() => undefined);
       log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
     this.counters.accepted++;
     const shadowMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.metrics.accepted(peer === null ? null : shadowMs / 1000);
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, shadowPeer: peer, shadowMs }, 'accepted');
     this.o.onAccepted(m.id);
     return `2.0.0 Ok: queued as ${m.id}`;

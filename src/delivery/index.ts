@@ -9,13 +9,17 @@
  *   4xx, timeouts and connection errors → still pending, retried with exponential backoff
  *   between `retry.initialMs` and `retry.maxMs` with jitter. Only pending recipients are retried.
  * - When no recipient is pending the spool purges the message and owes the peer a discard.
+ * - Next-hop TLS and AUTH options come from tls.ts; under `tls: required` a send that could
+ *   not get verified TLS is a temporary failure (nothing was sent; the reason is recorded).
  */
 import nodemailer, { type Transporter } from 'nodemailer';
 import type { Logger } from 'pino';
 import type { Spool, RecipientOutcome } from '../spool/index.js';
+import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface DeliveryOptions {
-  nextHop: { host: string; port: number; tls: 'none' | 'opportunistic' | 'required' };
+  nextHop: NextHop;
   concurrency: number;
   retry: { initialMs: number; maxMs: number; maxAgeMs: number };
   hostname: string;
@@ -23,6 +27,15 @@ export interface DeliveryOptions {
   log: Logger;
   /** called after a message left the queue (all recipients final) */
   onPurged?: (id: string) => void;
+  metrics?: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
+}
+
+/** What a config reload may change while the worker runs. */
+export interface DeliverySettings {
+  nextHop: DeliveryOptions['nextHop'];
+  concurrency: number;
+  retry: DeliveryOptions['retry'];
+  hostname: string;
 }
 
 export interface DeliveryCounters {
@@ -56,29 +69,41 @@ const POLL_MS = 1000;
 
 export class DeliveryWorker {
   readonly counters: DeliveryCounters = { attempts: 0, delivered: 0, deferred: 0, failed: 0 };
-  private readonly transport: Transporter;
+  private transport: Transporter;
+  private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private scheduled = false;
 
   constructor(private readonly o: DeliveryOptions) {
-    const tls = o.nextHop.tls;
-    this.transport = nodemailer.createTransport({
+    this.metrics = o.metrics ?? noMetrics;
+    this.transport = DeliveryWorker.transportFor(o);
+  }
+
+  private static transportFor(o: DeliverySettings): Transporter {
+    return nodemailer.createTransport({
       pool: true,
-      host: o.nextHop.host,
-      port: o.nextHop.port,
-      secure: false,
+      ...nextHopTransportOptions(o.nextHop),
       name: o.hostname,
       maxConnections: o.concurrency,
       maxMessages: Infinity,
-      ignoreTLS: tls === 'none',
-      requireTLS: tls === 'required',
-      tls: { rejectUnauthorized: tls === 'required' },
       connectionTimeout: 30000,
       greetingTimeout: 30000,
       socketTimeout: 300000,
     });
+  }
+
+  /**
+   * Live change (config reload): new attempts use the new next hop, limits and backoff;
+   * attempts in flight finish on the old connections, which close afterwards.
+   */
+  reload(s: DeliverySettings): void {
+    const old = this.transport;
+    Object.assign(this.o, { nextHop: s.nextHop, concurrency: s.concurrency, retry: s.retry, hostname: s.hostname });
+    this.transport = DeliveryWorker.transportFor(this.o);
+    void Promise.allSettled([...this.inflight.values()]).then(() => old.close());
+    this.wake();
   }
 
   start(): void {
@@ -127,6 +152,7 @@ export class DeliveryWorker {
     const pending = m.recipients.filter((r) => r.state === 'pending');
     if (pending.length === 0) return;
     this.counters.attempts++;
+    const started = process.hrtime.bigint();
     const relay = `${this.o.nextHop.host}:${this.o.nextHop.port}`;
     const outcomes: RecipientOutcome[] = [];
     const byAddress = new Map(pending.map((r) => [r.address.toLowerCase(), r.idx]));
@@ -149,14 +175,17 @@ export class DeliveryWorker {
       for (const a of info.accepted) judge(a, 250, info.response);
     } catch (e) {
       const err = e as SmtpError;
-      summary = err.response ?? `${err.code ?? 'error'}: ${err.message}`;
+      // no verified TLS under tls=required is temporary, whatever code STARTTLS got
+      const tlsFailure = tlsFailureReason(err, this.o.nextHop);
+      summary = tlsFailure ?? err.response ?? `${err.code ?? 'error'}: ${err.message}`;
       for (const r of err.rejectedErrors ?? []) judge(r.recipient ?? '', r.responseCode, r.response ?? r.message);
       // what is left shares the fate of the whole transaction
-      for (const address of [...byAddress.keys()]) judge(address, err.responseCode, summary);
+      for (const address of [...byAddress.keys()]) judge(address, tlsFailure ? undefined : err.responseCode, summary);
     }
     // a recipient nodemailer did not report on stays pending
     for (const idx of byAddress.values()) outcomes.push({ idx, state: 'pending', error: summary });
 
+    this.metrics.deliveryAttempt(Number(process.hrtime.bigint() - started) / 1e9);
     const attempts = m.attempts + 1;
     const next = Date.now() + backoffMs(attempts, this.o.retry.initialMs, this.o.retry.maxMs);
     const anyPending = outcomes.some((o) => o.state === 'pending');
@@ -167,6 +196,7 @@ export class DeliveryWorker {
       const status = o.state === 'delivered' ? 'sent' : o.state === 'failed' ? 'bounced' : 'deferred';
       const response = o.error ?? summary;
       const dsn = dsnOf(response, o.state === 'delivered' ? '2.0.0' : o.state === 'failed' ? '5.0.0' : '4.0.0');
+      this.metrics.delivery(o.state === 'delivered' ? 'delivered' : o.state === 'failed' ? 'bounced' : 'deferred', delay);
       if (o.state === 'delivered') this.counters.delivered++;
       else if (o.state === 'failed') this.counters.failed++;
       else this.counters.deferred++;

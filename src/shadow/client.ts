@@ -6,7 +6,7 @@ import http2 from 'node:http2';
 import tls from 'node:tls';
 import type { TlsFiles } from './server.js';
 import { WINDOW } from './server.js';
-import { encodePut, type PutMeta, type HeartbeatBody } from './protocol.js';
+import { encodePutParts, type PutMeta, type HeartbeatBody } from './protocol.js';
 
 export class PeerError extends Error {
   constructor(
@@ -30,6 +30,14 @@ export class PeerClient {
   private closed = false;
 
   constructor(private readonly o: PeerClientOptions) {}
+
+  /** New certificates (config reload): the current session closes once its requests finish. */
+  setTls(tls: TlsFiles): void {
+    this.o.tls = tls;
+    const s = this.session;
+    this.session = undefined;
+    if (s && !s.closed && !s.destroyed) s.close();
+  }
 
   get name(): string {
     return this.o.name;
@@ -59,7 +67,10 @@ export class PeerClient {
     session.on('error', () => {
       /* reported through the failing requests */
     });
-    session.on('connect', () => session.setLocalWindowSize(WINDOW));
+    // the session can be destroyed before 'connect' is delivered (peer stopping): then this throws
+    session.on('connect', () => {
+      if (!session.destroyed) session.setLocalWindowSize(WINDOW);
+    });
     session.on('close', () => {
       if (this.session === session) this.session = undefined;
     });
@@ -125,7 +136,7 @@ export class PeerClient {
 
   /** Sends a shadow copy; resolves once the peer has it on disk. */
   async put(id: string, meta: PutMeta, raw: Buffer, timeoutMs: number): Promise<'stored' | 'exists'> {
-    const r = await this.json<{ result: 'stored' | 'exists' }>('PUT', `/v1/messages/${id}`, encodePut(meta, raw), timeoutMs, 201);
+    const r = await this.json<{ result: 'stored' | 'exists' }>('PUT', `/v1/messages/${id}`, encodePutParts(meta, raw), timeoutMs, 201);
     return r.result;
   }
 

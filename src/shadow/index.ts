@@ -17,6 +17,7 @@ import type { Spool } from '../spool/index.js';
 import { PeerClient, PeerError } from './client.js';
 import { ShadowServer, type TlsFiles } from './server.js';
 import { parseHostPort } from '../config/index.js';
+import type { RelayMetrics } from '../ops/metrics.js';
 
 export { PeerError } from './client.js';
 
@@ -30,6 +31,8 @@ export interface ShadowLinkOptions {
   maxMessageSize: number;
   spool: Spool;
   log: Logger;
+  /** promotion and reconcile (issue 3) report promotions and duplicate-risk events here */
+  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
 }
 
 export interface PeerStatus {
@@ -183,6 +186,18 @@ export class ShadowLink {
         if (ids.length < DISCARD_BATCH) break;
       }
     }
+  }
+
+  /**
+   * Live change (config reload): new certificates for both ends of the link. The server
+   * presents them on new connections; client sessions close gracefully (requests in flight
+   * finish) and the next request reconnects with the new ones.
+   */
+  reload(s: { tls: TlsFiles; timeoutMs: number }): void {
+    this.server.setTls(s.tls);
+    for (const c of this.clients) c.setTls(s.tls);
+    this.o.tls = s.tls;
+    this.o.timeoutMs = s.timeoutMs;
   }
 
   peers(): PeerStatus[] {

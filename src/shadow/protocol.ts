@@ -23,12 +23,16 @@ export interface HeartbeatBody {
 export const ID_RE = /^[A-Za-z0-9]{8,64}$/;
 
 /** The PUT body as parts to write in turn (the message bytes are not copied). */
-export function encodePut(meta: PutMeta, raw: Buffer): Buffer[] {
+export function encodePutParts(meta: PutMeta, raw: Buffer): [Buffer, Buffer] {
   const json = JSON.stringify(meta);
   const head = Buffer.allocUnsafe(4 + Buffer.byteLength(json));
   head.writeUInt32BE(head.length - 4, 0);
   head.write(json, 4);
   return [head, raw];
+}
+
+export function encodePut(meta: PutMeta, raw: Buffer): Buffer {
+  return Buffer.concat(encodePutParts(meta, raw));
 }
 
 export class ProtocolError extends Error {}

@@ -2,9 +2,16 @@
  * The peer side of the replication link: stores shadow copies durably before acking,
  * purges them on discard, answers heartbeats. Only clients whose certificate (signed by
  * `shadow.tls.ca`) names a configured peer get in.
+ *
+ * Hardening: TLS 1.2+ only, a client certificate is required and verified (no certificate,
+ * another CA → the handshake fails; a certificate naming no configured peer → the socket is
+ * destroyed); a handshake must finish within 10 s; a request body over `maxBodyBytes` is
+ * answered 413 and the stream reset at once (not read to its end); a malformed request
+ * gets 400/404/405, and an exception in a handler 500/503 — never a crash.
  */
 import http2 from 'node:http2';
 import type { TLSSocket, PeerCertificate } from 'node:tls';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import { decodePut, ID_RE, ProtocolError, type HeartbeatBody } from './protocol.js';
@@ -46,6 +53,8 @@ export class ShadowServer {
   private readonly server: http2.Http2SecureServer;
   private readonly peerOf = new WeakMap<object, string>();
   private readonly sessions = new Set<http2.ServerHttp2Session>();
+  /** every TCP socket, authenticated or not: close() must not wait for a peer's goodwill */
+  private readonly sockets = new Set<Socket>();
 
   constructor(private readonly o: ShadowServerOptions) {
     this.server = http2.createSecureServer({
@@ -56,7 +65,13 @@ export class ShadowServer {
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
       allowHTTP1: false,
+      // an unauthenticated client cannot hold a socket open by never finishing the handshake
+      handshakeTimeout: 10000,
       settings: { initialWindowSize: WINDOW },
+    });
+    this.server.on('connection', (sock: Socket) => {
+      this.sockets.add(sock);
+      sock.once('close', () => this.sockets.delete(sock));
     });
     this.server.on('secureConnection', (sock: TLSSocket) => {
       // Nagle + delayed ACK costs ~40 ms per small reply on this link
@@ -74,10 +89,15 @@ export class ShadowServer {
       this.sessions.add(session);
       session.on('close', () => this.sessions.delete(session));
       session.on('error', () => session.destroy());
-      session.setLocalWindowSize(WINDOW);
+      if (!session.destroyed) session.setLocalWindowSize(WINDOW);
     });
     this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
     this.server.on('tlsClientError', (err) => o.log.debug({ err: err.message }, 'shadow: TLS handshake failed'));
+  }
+
+  /** New certificates for connections made from now on (config reload). */
+  setTls(tls: TlsFiles): void {
+    this.server.setSecureContext({ ca: tls.ca, cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' });
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
@@ -113,15 +133,20 @@ export class ShadowServer {
     let size = 0;
     let tooBig = false;
     stream.on('data', (c: Buffer) => {
+      if (tooBig) return;
       size += c.length;
       if (size > this.o.maxBodyBytes) {
         tooBig = true;
+        chunks.length = 0;
+        // answer now and stop the upload instead of reading it to its end
+        reply(stream, 413, { error: 'body exceeds maxMessageSize' });
+        stream.close(http2.constants.NGHTTP2_NO_ERROR);
         return;
       }
-      if (!tooBig) chunks.push(c);
+      chunks.push(c);
     });
     stream.on('end', () => {
-      if (tooBig) return reply(stream, 413, { error: 'body exceeds maxMessageSize' });
+      if (tooBig) return;
       const body = sharedConcat(chunks, size);
       this.handle(peer, String(method), url, body).then(
         ([status, json]) => reply(stream, status, json),
@@ -173,8 +198,11 @@ export class ShadowServer {
   }
 
   async close(): Promise<void> {
+    const closed = new Promise<void>((r) => this.server.close(() => r()));
     for (const s of this.sessions) s.destroy();
-    await new Promise<void>((r) => this.server.close(() => r()));
+    // a session destroyed while its peer still uploads can keep its socket: end those too
+    for (const sock of this.sockets) sock.destroy();
+    await closed;
   }
 }
 

@@ -33,12 +33,29 @@ export const WRITES = [
   'storeShadow',
   'purgeShadows',
   'discardsConfirmed',
+  'hold',
+  'release',
+  'retryNow',
+  'retryAllNow',
+  'deletePrimary',
 ] as const satisfies ReadonlyArray<keyof Spool>;
 
 /** Methods of Spool that only read: they run on the caller's thread, on the read-only connection. */
-export const READS = ['due', 'nextDueAt', 'owedDiscards', 'get', 'getWithBody', 'list', 'counts'] as const satisfies ReadonlyArray<
-  keyof Spool
->;
+export const READS = [
+  'due',
+  'nextDueAt',
+  'owedDiscards',
+  'get',
+  'getWithBody',
+  'list',
+  'counts',
+  'deferredIds',
+  'detail',
+  'queueStats',
+  'diskBytes',
+  // the SQLite backup API only reads its source
+  'backup',
+] as const satisfies ReadonlyArray<keyof Spool>;
 
 type WriteName = (typeof WRITES)[number];
 
@@ -184,6 +201,22 @@ export class ThreadedSpool extends Spool {
   }
   override discardsConfirmed(...a: Parameters<Spool['discardsConfirmed']>) {
     return this.forward('discardsConfirmed', a);
+  }
+
+  override hold(...a: Parameters<Spool['hold']>) {
+    return this.forward('hold', a);
+  }
+  override release(...a: Parameters<Spool['release']>) {
+    return this.forward('release', a);
+  }
+  override retryNow(...a: Parameters<Spool['retryNow']>) {
+    return this.forward('retryNow', a);
+  }
+  override retryAllNow(...a: Parameters<Spool['retryAllNow']>) {
+    return this.forward('retryAllNow', a);
+  }
+  override deletePrimary(...a: Parameters<Spool['deletePrimary']>) {
+    return this.forward('deletePrimary', a);
   }
 
   /** Recovery ran in the writer thread when it opened the spool; this is its result. */

@@ -1,0 +1,169 @@
+/**
+ * smtp-server (3.21.x) with the few hooks it lacks, as subclasses rather than patches:
+ * - a command deadline: after each reply the client has `commandTimeoutMs` to deliver its next
+ *   complete command, however it trickles the bytes (smtp-server's own idle timeout restarts
+ *   on every byte, so a one-byte-a-second client would never hit it);
+ * - an error budget: after `maxErrors` 5xx replies the client gets Postfix's
+ *   `421 4.7.0 <host> Error: too many errors` and is disconnected;
+ * - a gate run before each command (requireTLS, AUTH only after TLS, AUTH lockout);
+ * - the raw path of MAIL/RCPT as the client wrote it (smtp-server strips source routes before
+ *   our onRcptTo sees the address, and the relay check needs to see them);
+ * - quoted local parts (`"a@b"@c`), which smtp-server's parser refuses as a syntax error,
+ *   are parsed, so that the relay policy — not a 501 — decides on them;
+ * - `hangUp()`: reply and disconnect at once (bare LF in reject mode, DATA deadline);
+ * - the 220 greeting at once: smtp-server holds every connection 100 ms before it (an
+ *   "early talker" check for public MX hosts; Postfix keeps it in postscreen, not smtpd). A
+ *   sender opening one connection per message paid it every time: 20 such sessions could not
+ *   pass ~190 msg/s, a serial one took 107 ms a message instead of ~3.
+ * Each overridden member is part of smtp-server's typed surface (its .d.ts); the tests in
+ * test/security.test.ts pin the behaviour, so a smtp-server upgrade that changes it fails them.
+ */
+import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPServerAddress } from 'smtp-server';
+import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
+import type net from 'node:net';
+import type tls from 'node:tls';
+import './replies.js'; // our enhanced codes pass through SMTPConnection.send unchanged
+
+export interface Refusal {
+  code: number;
+  /** reply text starting with the enhanced code, e.g. "5.7.0 Must issue a STARTTLS command first" */
+  text: string;
+  close?: boolean;
+}
+
+export interface EngineHooks {
+  hostname: string;
+  commandTimeoutMs: number;
+  maxErrors: number;
+  /** checked before each command (not AUTH continuation lines); a refusal replaces the command */
+  gate(conn: HardenedConnection, command: string): Refusal | null;
+}
+
+/** The address smtp-server parsed, plus the path exactly as the client wrote it. */
+export interface RawAddress extends SMTPServerAddress {
+  rawPath?: string;
+}
+
+const PATH_RE = /^[^:]*:\s*<([^<>]*)>/;
+// a quoted local part: "..." with escaped pairs, followed by @
+const QUOTED_RE = /<((?:@[^:<>]*:)?)("(?:[^"\\\r\n]|\\[\x20-\x7e])*")@/;
+
+export class HardenedConnection extends SMTPConnection {
+  private cmdTimer: NodeJS.Timeout | undefined;
+  private errors = 0;
+
+  constructor(
+    server: HardenedServer,
+    socket: net.Socket | tls.TLSSocket,
+    options: ConstructorParameters<typeof SMTPConnection>[2],
+    private readonly hooks: EngineHooks,
+  ) {
+    super(server, socket, options);
+  }
+
+  override init(): void {
+    // smtp-server's init() minus `setTimeout(() => this.connectionReady(), 100)`
+    this._setListeners(() => {
+      const max = this._server.options.maxClients;
+      if (max && this._server.connections.size > max) {
+        return this.send(421, this.name + ' Too many connected clients, try again in a moment', false);
+      }
+      this.connectionReady();
+    });
+  }
+
+  override send(code: number, data?: string | string[] | null, context?: string | false): void {
+    super.send(code, data, context);
+    if (this._closing || this._closed) return this.stopDeadline();
+    if (code === 354) this.stopDeadline(); // DATA has its own deadline (see SmtpListener)
+    else this.startDeadline();
+    if (code >= 500 && ++this.errors >= this.hooks.maxErrors) {
+      this.hangUp(421, `4.7.0 ${this.hooks.hostname} Error: too many errors`);
+    }
+  }
+
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    this.stopDeadline();
+    if (!this._nextHandler && this._ready && !this._upgrading && !this._closing) {
+      const name = command.toString('latin1').split(' ')[0]!.trim().toUpperCase();
+      const refusal = this.hooks.gate(this, name);
+      if (refusal) {
+        if (refusal.close) return this.hangUp(refusal.code, refusal.text);
+        this.send(refusal.code, refusal.text);
+        const next = callback ?? (() => false);
+        setImmediate(() => this._whenWritable(next));
+        return;
+      }
+    }
+    super._onCommand(command, callback);
+  }
+
+  override _parseAddressCommand(rawName: string, rawCommand: Buffer | string): RawAddress | false {
+    const text = rawCommand.toString();
+    const rawPath = PATH_RE.exec(text)?.[1];
+    const q = QUOTED_RE.exec(text);
+    let parsed: RawAddress | false;
+    if (q) {
+      const quoted = q[2]!;
+      // stand-in token so that smtp-server checks everything else (domain, params) as usual
+      const token = `q${Math.random().toString(36).slice(2)}x`;
+      parsed = super._parseAddressCommand(rawName, text.replace(`<${q[1]}${quoted}@`, `<${q[1]}${token}@`));
+      if (parsed && parsed.address) parsed.address = parsed.address.replace(token, quoted);
+    } else {
+      parsed = super._parseAddressCommand(rawName, text);
+    }
+    if (parsed && rawPath !== undefined) parsed.rawPath = rawPath;
+    return parsed;
+  }
+
+  override _onClose(): void {
+    this.stopDeadline();
+    super._onClose();
+  }
+
+  /** Sends a final reply and disconnects; nothing the client sends afterwards is read. */
+  hangUp(code: number, text: string): void {
+    this.stopDeadline();
+    if (this._closing || this._closed) return;
+    super.send(code, text);
+    this.close();
+  }
+
+  private startDeadline(): void {
+    clearTimeout(this.cmdTimer);
+    this.cmdTimer = setTimeout(() => this.hangUp(421, `4.4.2 ${this.hooks.hostname} Error: timeout exceeded`), this.hooks.commandTimeoutMs);
+    this.cmdTimer.unref();
+  }
+
+  private stopDeadline(): void {
+    clearTimeout(this.cmdTimer);
+    this.cmdTimer = undefined;
+  }
+}
+
+export class HardenedServer extends SMTPServer {
+  private readonly bySession = new Map<string, HardenedConnection>();
+
+  constructor(
+    options: SMTPServerOptions,
+    private readonly hooks: EngineHooks,
+  ) {
+    super(options);
+  }
+
+  override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {
+    // as SMTPServer.connect, with our connection class
+    const connection = new HardenedConnection(this, socket, socketOptions, this.hooks);
+    this.connections.add(connection);
+    this.bySession.set(connection.id, connection);
+    socket.once('close', () => this.bySession.delete(connection.id));
+    connection.on('error', (err: Error) => this._onError(err));
+    connection.on('connect', (data) => this._onClientConnect(data));
+    connection.init();
+  }
+
+  /** The live connection of a session (sessions and connections share their id). */
+  connectionOf(session: SMTPServerSession): HardenedConnection | undefined {
+    return this.bySession.get(session.id);
+  }
+}
