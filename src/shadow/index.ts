@@ -53,6 +53,8 @@ export interface ReplicateInput {
 
 const DISCARD_BATCH = 500;
 const DISCARD_INTERVAL_MS = 1000;
+/** how long a pump request waits for more discards to join it */
+const DISCARD_DELAY_MS = 50;
 
 export class ShadowLink {
   private readonly server: ShadowServer;
@@ -61,6 +63,7 @@ export class ShadowLink {
   private hbTimer: NodeJS.Timeout | undefined;
   private discardTimer: NodeJS.Timeout | undefined;
   private discardBusy = false;
+  private discardSoon: NodeJS.Timeout | undefined;
   private discardAgain = false;
   private stopped = false;
 
@@ -154,6 +157,17 @@ export class ShadowLink {
 
   /** Asks the pump to send owed discards soon (coalesced). */
   pumpDiscards(): void {
+    // wait a moment so the discards of many delivered messages travel in one request (and one
+    // transaction on the peer) instead of one request per delivery
+    if (this.stopped || this.discardSoon) return;
+    this.discardSoon = setTimeout(() => {
+      this.discardSoon = undefined;
+      this.pumpNow();
+    }, DISCARD_DELAY_MS);
+    this.discardSoon.unref();
+  }
+
+  private pumpNow(): void {
     if (this.stopped) return;
     if (this.discardBusy) {
       this.discardAgain = true;
@@ -212,6 +226,7 @@ export class ShadowLink {
     this.stopped = true;
     clearInterval(this.hbTimer);
     clearInterval(this.discardTimer);
+    clearTimeout(this.discardSoon);
     for (const c of this.clients) c.close();
     await this.server.close();
   }
