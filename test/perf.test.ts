@@ -49,6 +49,7 @@ describe('npm run bench', () => {
     const args = [
       path.join(ROOT, 'dist', 'bench', 'run.js'),
       '--messages', '50',
+      '--warmup', '20',
       '--latency-messages', '30',
       '--serial-messages', '10',
       '--large-size', '65536',

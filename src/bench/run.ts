@@ -37,6 +37,7 @@ import {
 const { values: argv } = parseArgs({
   options: {
     messages: { type: 'string', default: '5000' },
+    warmup: { type: 'string', default: '1000' },
     sessions: { type: 'string', default: '20' },
     size: { type: 'string', default: '10240' },
     'latency-messages': { type: 'string', default: '2000' },
@@ -62,6 +63,7 @@ const { values: argv } = parseArgs({
 if (argv.help) {
   process.stdout.write(`usage: npm run bench -- [options]
   --messages N            messages in the main pass (5000)
+  --warmup N              unmeasured messages sent to each system first (1000; 0 for none)
   --sessions C            concurrent sessions (20)
   --size BYTES            message payload (10240)
   --latency-messages N    messages in the C-session latency pass (2000)
@@ -95,6 +97,7 @@ const num = (k: keyof typeof argv): number => {
 
 const P = {
   messages: num('messages'),
+  warmup: Number(argv.warmup) >= 0 ? Number(argv.warmup) : 1000,
   sessions: num('sessions'),
   size: num('size'),
   latencyMessages: num('latency-messages'),
@@ -202,7 +205,20 @@ async function serial(t: Target, sink: BenchSink): Promise<SystemResult['serial'
 }
 
 /** The standard passes against one system. `pids` are the processes whose peak RSS counts. */
+/**
+ * A short unmeasured run first, for every system alike: Node's JIT, Postfix's process pools
+ * and every connection pool reach their working state before the clock starts.
+ */
+async function warmUp(res: SystemResult, t: Target, sink: BenchSink): Promise<void> {
+  const messages = Math.min(P.warmup, P.messages);
+  if (messages <= 0) return;
+  say(`${res.label}: warm-up, ${messages} messages`);
+  await throughput(t, sink, { sessions: P.sessions, messages, size: P.size });
+}
+
 async function standardPasses(res: SystemResult, t: Target, sink: BenchSink, mem: Memory): Promise<void> {
+  await warmUp(res, t, sink);
+  mem.reset();
   if (passes.has('small')) {
     const small = { sessions: P.sessions, messages: P.messages, size: P.size };
     say(`${res.label}: ${small.messages} × ${small.size} B, C=${small.sessions}`);
@@ -301,6 +317,7 @@ async function shadowrelaySystem(res: SystemResult, logLevel: string, full: bool
     if (full) {
       await standardPasses(res, t, sink, nodeMemory([pair.a, pair.b]));
     } else {
+      await warmUp(res, t, sink);
       const mem = nodeMemory([pair.a, pair.b]);
       say(`${res.label}: ${P.messages} × ${P.size} B, C=${P.sessions}`);
       res.small = await throughput(t, sink, { sessions: P.sessions, messages: P.messages, size: P.size });

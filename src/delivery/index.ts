@@ -3,7 +3,8 @@
  *
  * Implementation summary:
  * - Picks due messages (role primary, state queued, next attempt reached), at most
- *   `delivery.concurrency` at once, over one pooled nodemailer SMTP transport.
+ *   `delivery.concurrency` at once, over pooled SMTP sessions (pool.ts: nodemailer's SMTP
+ *   engine without its mailer layer).
  * - Sends the original envelope (MAIL FROM and every still-pending RCPT) and the raw bytes.
  * - Failures are judged per recipient: 2xx → delivered; 5xx → failed (permanent);
  *   4xx, timeouts and connection errors → still pending, retried with exponential backoff
@@ -12,7 +13,7 @@
  * - Next-hop TLS and AUTH options come from tls.ts; under `tls: required` a send that could
  *   not get verified TLS is a temporary failure (nothing was sent; the reason is recorded).
  */
-import nodemailer, { type Transporter } from 'nodemailer';
+import { SmtpPool, type RawTransport } from './pool.js';
 import type { Logger } from 'pino';
 import type { Spool, RecipientOutcome } from '../spool/index.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
@@ -69,7 +70,7 @@ const POLL_MS = 1000;
 
 export class DeliveryWorker {
   readonly counters: DeliveryCounters = { attempts: 0, delivered: 0, deferred: 0, failed: 0 };
-  private transport: Transporter;
+  private transport: RawTransport;
   private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
@@ -81,13 +82,11 @@ export class DeliveryWorker {
     this.transport = DeliveryWorker.transportFor(o);
   }
 
-  private static transportFor(o: DeliverySettings): Transporter {
-    return nodemailer.createTransport({
-      pool: true,
+  private static transportFor(o: DeliverySettings): RawTransport {
+    return new SmtpPool({
       ...nextHopTransportOptions(o.nextHop),
       name: o.hostname,
       maxConnections: o.concurrency,
-      maxMessages: Infinity,
       connectionTimeout: 30000,
       greetingTimeout: 30000,
       socketTimeout: 300000,
