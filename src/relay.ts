@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
-import { parseHostPort } from './config/index.js';
+import { parseHostPort, maxShadowAgeMs } from './config/index.js';
 import { Spool } from './spool/index.js';
 import { ShadowLink } from './shadow/index.js';
 import { SmtpListener } from './smtp/index.js';
@@ -39,15 +39,30 @@ export class Relay {
 
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
     const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level);
-    const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name });
-    const recovered = spool.recover();
+    const spool = Spool.open(cfg.node.dataDir, {
+      node: cfg.node.name,
+      busyTimeoutMs: cfg.spool.busyTimeoutMs,
+      maxSizeBytes: cfg.spool.maxSizeBytes,
+    });
+    const peerNames = cfg.shadow.peers.map((p) => p.name);
+    const recovered = spool.recover(peerNames);
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
+    const shadowAge = maxShadowAgeMs(cfg);
+    if (shadowAge < cfg.delivery.retry.maxAgeMs) {
+      log.warn(
+        { maxShadowAgeMs: shadowAge, maxAgeMs: cfg.delivery.retry.maxAgeMs },
+        'shadow.maxShadowAgeMs is shorter than delivery.retry.maxAgeMs: a peer drops copies its primary still retries',
+      );
+    }
 
     const tls = {
       ca: readFileSync(cfg.shadow.tls.ca),
       cert: readFileSync(cfg.shadow.tls.cert),
       key: readFileSync(cfg.shadow.tls.key),
     };
+    // the parts call each other through these late-bound closures (wired below)
+    let delivery: DeliveryWorker | undefined;
+    let acceptor: ShadowedAcceptor | undefined;
     const shadow = new ShadowLink({
       nodeName: cfg.node.name,
       listen: parseHostPort(cfg.shadow.listen)!,
@@ -55,11 +70,16 @@ export class Relay {
       tls,
       timeoutMs: cfg.shadow.timeoutMs,
       heartbeatMs: cfg.shadow.heartbeatMs,
+      promoteAfterMs: cfg.shadow.promoteAfterMs,
+      maxShadowAgeMs: shadowAge,
+      reconcileIntervalMs: cfg.shadow.reconcileIntervalMs,
       maxMessageSize: cfg.smtp.maxMessageSize,
       spool,
       log,
+      onPromoted: () => delivery?.wake(),
+      onReleased: () => delivery?.wake(),
     });
-    const delivery = new DeliveryWorker({
+    delivery = new DeliveryWorker({
       nextHop: cfg.delivery.nextHop,
       concurrency: cfg.delivery.concurrency,
       retry: cfg.delivery.retry,
@@ -67,14 +87,23 @@ export class Relay {
       spool,
       log,
       onPurged: () => shadow.pumpDiscards(),
+      heldPeers: () => shadow.heldPeers(),
+      // a bounce is accepted like inbound mail: spooled, shadowed, then queued
+      submitBounce: async (b) => {
+        await acceptor!.accept(
+          { id: b.id, sender: b.sender, recipients: b.recipients, body: b.body, receivedAt: b.receivedAt, client: { address: 'local', helo: cfg.smtp.hostname } },
+          { settles: b.settles },
+        );
+      },
     });
-    const acceptor = new ShadowedAcceptor({
+    const worker = delivery;
+    acceptor = new ShadowedAcceptor({
       spool,
       replicator: shadow,
-      peerNames: cfg.shadow.peers.map((p) => p.name),
+      peerNames,
       onFailure: cfg.shadow.onFailure,
       log,
-      onAccepted: () => delivery.wake(),
+      onAccepted: () => worker.wake(),
     });
     const smtp = new SmtpListener({
       hostname: cfg.smtp.hostname,
@@ -102,18 +131,23 @@ export class Relay {
     smtpUp = true;
     const adminHp = parseHostPort(cfg.admin.listen)!;
     const adminAddr = await admin.listen(adminHp.host, adminHp.port);
-    delivery.start();
+    worker.start();
     const addresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
     log.info({ ...addresses }, 'shadowrelay started');
-    return new Relay(cfg, log, spool, shadow, smtp, acceptor, delivery, admin, addresses);
+    return new Relay(cfg, log, spool, shadow, smtp, acceptor, worker, admin, addresses);
   }
 
-  /** Graceful stop: no new clients, finish in-flight work, close the spool. Idempotent. */
+  /**
+   * Graceful stop, within node.shutdownTimeoutMs (plus shadow.timeoutMs for a message
+   * being accepted at the deadline): new clients get 421 4.3.2, transactions in progress
+   * finish, deliveries in flight finish, then the link and the spool close. Idempotent.
+   */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      this.log.info('stopping');
-      await this.smtp.close();
-      await this.delivery.stop();
+      const deadline = Date.now() + this.config.node.shutdownTimeoutMs;
+      this.log.info({ shutdownTimeoutMs: this.config.node.shutdownTimeoutMs }, 'stopping');
+      await this.smtp.drain(this.config.node.shutdownTimeoutMs);
+      await this.delivery.stop(Math.max(0, deadline - Date.now()));
       await this.shadow.stop();
       await this.admin.close();
       await this.spool.close();

@@ -10,6 +10,9 @@
  *   one buffer with its envelope, to the `Acceptor`; its answer (250 with the queue id, or
  *   the 4xx it throws) is what the client sees. Nothing else in the message is changed.
  * - A failure inside our code answers 451 4.3.0; it never crashes the process.
+ * - Graceful stop (`drain`): the listener stays open but new clients and new transactions get
+ *   `421 4.3.2 Service shutting down`; messages being received or accepted finish (250 or
+ *   4xx); past the deadline, uploads still running are cut off (never accepted).
  */
 import { SMTPServer, type SMTPServerDataStream, type SMTPServerSession } from 'smtp-server';
 import { readFileSync } from 'node:fs';
@@ -61,8 +64,17 @@ export function receivedHeader(
   return `Received: ${from}\r\n\tby ${o.hostname} (shadowrelay) with ${s.protocol} id ${s.id}${forClause}; ${rfc2822Date(when)}\r\n`;
 }
 
+interface LiveConnection {
+  session: SMTPServerSession;
+  send(code: number, text: string): void;
+}
+
 export class SmtpListener {
   private readonly server: SMTPServer;
+  private draining = false;
+  /** sessions whose DATA is being received / whose message is being accepted */
+  private readonly receiving = new Set<string>();
+  private readonly accepting = new Set<string>();
 
   constructor(private readonly o: SmtpListenerOptions) {
     const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert) } : {};
@@ -80,6 +92,8 @@ export class SmtpListener {
       disableReverseLookup: true,
       socketTimeout: o.socketTimeoutMs,
       logger: false,
+      onConnect: (_session, cb) => (this.draining ? cb(reply(421, '4.3.2', 'Service shutting down')) : cb()),
+      onMailFrom: (_addr, _session, cb) => (this.draining ? cb(reply(421, '4.3.2', 'Service shutting down')) : cb()),
       onRcptTo: (addr, session, cb) => {
         if (!o.allowedNetworks.contains(session.remoteAddress) && !session.user) {
           o.log.info({ client: session.remoteAddress, rcpt: addr.address }, 'relay access denied');
@@ -110,13 +124,20 @@ export class SmtpListener {
   ): void {
     const chunks: Buffer[] = [];
     let size = 0;
+    const sid = session.id;
+    this.receiving.add(sid);
+    stream.once('close', () => this.receiving.delete(sid));
     stream.on('data', (c: Buffer) => {
       // past the limit, keep reading (the client must get its 552) but stop storing
       if (size <= this.o.maxMessageSize) chunks.push(c);
       size += c.length;
     });
-    stream.once('error', (err) => cb(reply(451, '4.3.0', `Error: ${err.message}`)));
+    stream.once('error', (err) => {
+      this.receiving.delete(sid);
+      cb(reply(451, '4.3.0', `Error: ${err.message}`));
+    });
     stream.once('end', () => {
+      this.receiving.delete(sid);
       if (stream.sizeExceeded) return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
       const now = new Date();
       const id = newQueueId(now.getTime());
@@ -129,6 +150,7 @@ export class SmtpListener {
         now,
       );
       const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
+      this.accepting.add(sid);
       this.o.acceptor
         .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
         .then(
@@ -138,8 +160,32 @@ export class SmtpListener {
             this.o.log.error({ id, err }, 'accept failed unexpectedly');
             cb(reply(451, '4.3.0', 'Error: queue file write error'));
           },
-        );
+        )
+        .finally(() => this.accepting.delete(sid));
     });
+  }
+
+  /**
+   * Graceful stop: refuse new clients and transactions with 421 4.3.2, let messages being
+   * received finish until `deadlineMs`, then cut off the rest. A message already being
+   * accepted always gets its answer first (that wait is bounded by shadow.timeoutMs), so no
+   * client sees 421 for a message that was queued. Then the listener closes.
+   */
+  async drain(deadlineMs: number): Promise<void> {
+    this.draining = true;
+    const until = async (cond: () => boolean, ms: number) => {
+      const end = Date.now() + ms;
+      while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    };
+    await until(() => this.receiving.size === 0 && this.accepting.size === 0, deadlineMs);
+    const conns = (this.server as unknown as { connections: Set<LiveConnection> }).connections;
+    const shut = () => {
+      for (const c of [...conns]) if (!this.accepting.has(c.session.id)) c.send(421, '4.3.2 Service shutting down');
+    };
+    shut();
+    await until(() => this.accepting.size === 0, Number.POSITIVE_INFINITY);
+    shut();
+    await this.close();
   }
 
   /** Stops accepting connections; open sessions are closed by smtp-server's close logic. */
