@@ -17,8 +17,10 @@ import { Relay } from '../src/relay.js';
 import { Sink } from '../src/sink.js';
 import { writePairConfigs, type PairFiles } from '../src/pair.js';
 import { waitFor } from '../src/core/wait.js';
+import { freePort } from '../src/core/net.js';
 
 export { waitFor } from '../src/core/wait.js';
+export { freePort } from '../src/core/net.js';
 export { Sink } from '../src/sink.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
@@ -51,16 +53,21 @@ export interface Pair {
   dir: string;
   logs: Record<string, Array<Record<string, unknown>>>;
   start(name: 'relay-a' | 'relay-b'): Promise<Relay>;
+  /** with `sinkDown`: the next hop starts listening now (on the port the configs name) */
+  openSink(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startPair(
   overrides: Record<string, unknown> = {},
   nodeOverrides: Record<string, Record<string, unknown>> = {},
+  opts: { sinkDown?: boolean } = {},
 ): Promise<Pair> {
   const { dir, cleanup } = tmpDir();
   const sink = new Sink();
-  const sinkPort = await sink.listen();
+  // a next hop that is down: the configs name a port nothing listens on yet
+  const sinkPort = opts.sinkDown ? await freePort() : await sink.listen();
+  let sinkOpen = !opts.sinkDown;
   const files = await writePairConfigs({ dir, sinkPort, overrides, nodeOverrides });
   const logs: Record<string, Array<Record<string, unknown>>> = {};
   const running = new Map<string, Relay>();
@@ -87,9 +94,13 @@ export async function startPair(
       else pair.b = r;
       return r;
     },
+    openSink: async () => {
+      await sink.listen(sinkPort);
+      sinkOpen = true;
+    },
     stop: async () => {
       await Promise.all([...running.values()].map((r) => r.stop()));
-      await sink.close();
+      if (sinkOpen) await sink.close();
       cleanup();
     },
   };
@@ -276,6 +287,18 @@ export function startNodeProcess(configFile: string, name: string, timeoutMs = 2
       reject(new Error(`${name} exited with ${code} before starting: ${stderr}`));
     });
   });
+}
+
+/** Waits until a child node logged a line matching `pred`; resolves with that line. */
+export async function waitForLine(
+  node: { lines: Array<Record<string, unknown>> },
+  pred: (l: Record<string, unknown>) => boolean,
+  timeoutMs: number,
+  what: string,
+): Promise<Record<string, unknown>> {
+  let found: Record<string, unknown> | undefined;
+  await waitFor(() => (found = node.lines.find(pred)) !== undefined, timeoutMs, what);
+  return found!;
 }
 
 export function writeFile(file: string, text: string): string {
