@@ -149,9 +149,23 @@ export const queueIdOf = (response: string): string => {
 };
 
 /** Opens a node's spool database read-only from the test, like an operator would. */
-export function peekSpool(dataDir: string): { ids: (role?: string) => string[]; close: () => void } {
+export function peekSpool(dataDir: string): {
+  ids: (role?: string) => string[];
+  /** rows in messages, outboxes and promotion records: 0 when the node holds and owes nothing */
+  total: () => number;
+  close: () => void;
+} {
   const db = new Database(path.join(dataDir, 'spool.db'), { readonly: true });
   return {
+    total: () =>
+      (
+        db
+          .prepare(
+            `SELECT (SELECT COUNT(*) FROM messages) + (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_rcpt)
+                  + (SELECT COUNT(*) FROM promoted) AS n`,
+          )
+          .get() as { n: number }
+      ).n,
     ids: (role?: string) =>
       (role
         ? (db.prepare('SELECT id FROM messages WHERE role=?').all(role) as Array<{ id: string }>)
