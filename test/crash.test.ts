@@ -150,3 +150,128 @@ describe('promotion and reconcile', () => {
     expect(c.received).toHaveLength(3);
   }, 90000);
 });
+
+describe('orphans and peer crashes', () => {
+  it('an orphan shadow (the peer stored it, the primary answered 451) is never delivered', async () => {
+    const c = await cluster({ shadow: { timeoutMs: 1500, reconcileIntervalMs: 500 } });
+    const b = await c.start('relay-b');
+    const a = await c.start('relay-a');
+    const port = a.addresses.smtp.port;
+    expect((await send(port, { raw: 'Subject: load ok1\r\n\r\nx\r\n' })).code).toBe(250);
+
+    // 1. the real path: B frozen → A times out and answers 451; B may store the copy late
+    b.proc.kill('SIGSTOP');
+    const late = await send(port, { raw: 'Subject: load late1\r\n\r\nx\r\n' });
+    b.proc.kill('SIGCONT');
+    expect(late.response).toMatch(/^451 4\.4\.1 /);
+    const lateId = (await waitForLine(a, (l) => l.msg === 'refused: shadow copy not confirmed', 5000, 'A refused')).id as string;
+
+    // 2. a copy A never had (as if A's discard had been lost): only the orphan check can drop it
+    const { PeerClient } = await import('../src/shadow/client.js');
+    const { newQueueId } = await import('../src/core/ids.js');
+    const { readFileSync } = await import('node:fs');
+    const path = await import('node:path');
+    const cert = (f: string) => readFileSync(path.join(c.files.certDir, f));
+    const asA = new PeerClient({ name: 'relay-b', host: '127.0.0.1', port: c.files.shadowPorts['relay-b']!, tls: { ca: cert('ca.crt'), cert: cert('relay-a.crt'), key: cert('relay-a.key') } });
+    cleanups.push(() => asA.close());
+    const incarnation = (a.lines.find((l) => l.msg === 'spool opened') as { incarnation: string }).incarnation;
+    const orphanId = newQueueId();
+    const raw = Buffer.from('Subject: load orphan1\r\n\r\nx\r\n');
+    expect(await asA.put(orphanId, { sender: 'x@example.test', recipients: ['sink@example.test'], receivedAt: Date.now() - 60000, incarnation }, raw, 5000)).toBe('stored');
+
+    await waitForLine(b, (l) => l.msg === 'orphan shadow dropped: its primary does not hold the message' && l.id === orphanId, 20000, 'orphan dropped by B');
+    await waitFor(() => !c.spoolIds('relay-b').includes(lateId) && c.spoolTotal('relay-a') === 0, 20000, 'late copy gone, A owes nothing');
+    const lateStored = b.lines.some((l) => l.msg === 'shadow stored' && l.id === lateId);
+    console.log(`[orphan] late copy of the 451'd message ${lateStored ? 'was stored by B, then dropped' : 'never reached B\'s disk'}`);
+    // neither exists on any node any more, so neither can ever be delivered
+    expect(c.spoolIds('relay-b')).not.toContain(orphanId);
+    expect(c.spoolIds('relay-a')).toEqual([]);
+    await waitFor(() => c.received.length === 1, 10000, 'ok1 delivered');
+    expect(c.received.map(tokenOf)).toEqual(['ok1']);
+  }, 90000);
+
+  it('kill -9 of the peer during load → no 250 without a shadow; after it restarts its copies are there and are discarded as the primary delivers', async () => {
+    const seed = seedFromEnv('CRASH_SEED');
+    const rand = seeded(seed);
+    console.log(`[peer-crash] seed ${seed}`);
+    const c = await cluster({}, {}, { sinkUp: false });
+    await c.start('relay-b');
+    await c.start('relay-a');
+    const load = new Load({ clients: 3, rand, ports: () => [c.smtpPorts['relay-a']] });
+    cleanups.push(() => load.stop());
+    load.start();
+    await sleep(500 + Math.floor(rand() * 1000));
+    await c.kill('relay-b', 'SIGKILL');
+    await waitFor(() => load.ledger.some((e) => e.outcome === '4xx'), 20000, 'a 451 while B is down');
+    await load.stop();
+    await c.start('relay-b');
+    const ok = load.ledger.filter((e) => e.outcome === '250');
+    expect(ok.length).toBeGreaterThan(0);
+    const held = new Set(c.spoolIds('relay-b', 'shadow'));
+    const missing = ok.map((e) => queueIdOf(e.response)).filter((id) => !held.has(id));
+    expect(missing, 'every 250 has its copy on the restarted peer').toEqual([]);
+    await c.sinkUp();
+    await waitFor(() => compare(load.ledger, c.received).lost.length === 0, 60000, 'every 250 delivered');
+    await waitFor(() => c.spoolTotal('relay-a') === 0 && c.spoolTotal('relay-b') === 0, 30000, 'copies discarded on B, A empty');
+    const f = compare(load.ledger, c.received);
+    console.log(`[peer-crash] ${formatFigures(f)}`);
+    expect(f.refusedDelivered).toEqual([]);
+    expect(f.noReplyDelivered).toEqual([]);
+    expect(f.duplicateDeliveries).toBe(0);
+  }, 120000);
+});
+
+describe('graceful stop', () => {
+  it('SIGTERM during load → new clients get 421 4.3.2, the transaction in progress finishes, exit within the deadline, nothing accepted is lost', async () => {
+    const c = await cluster({}, { 'relay-a': { node: { shutdownTimeoutMs: 8000 } } }, { sinkUp: false });
+    await c.start('relay-b');
+    let a = await c.start('relay-a');
+    const port = a.addresses.smtp.port;
+    const load = new Load({ clients: 3, rand: seeded(1), ports: () => (c.up('relay-a') ? [port] : []) });
+    cleanups.push(() => load.stop());
+    load.start();
+    await waitFor(() => load.ledger.filter((e) => e.outcome === '250').length >= 10, 30000, 'some load accepted');
+
+    const { RawSmtp } = await import('./helpers.js');
+    const inflight = await RawSmtp.connect(port);
+    cleanups.push(() => inflight.close());
+    expect(await inflight.reply()).toMatch(/^220 /);
+    await inflight.cmd('EHLO client.test');
+    expect(await inflight.cmd('MAIL FROM:<load@example.test>')).toMatch(/^250/);
+    expect(await inflight.cmd('RCPT TO:<sink@example.test>')).toMatch(/^250/);
+    expect(await inflight.cmd('DATA')).toMatch(/^354/);
+    inflight.write('Subject: load inflight1\r\n\r\nhalf of the body\r\n');
+
+    const t0 = Date.now();
+    a.proc.kill('SIGTERM');
+    await waitForLine(a, (l) => l.msg === 'stopping', 10000, 'A stopping');
+    const late = await RawSmtp.connect(port);
+    cleanups.push(() => late.close());
+    expect(await late.reply()).toBe('421 4.3.2 Service shutting down');
+    // the transaction that was in progress still gets its answer
+    inflight.write('the other half\r\n.\r\n');
+    const end = await inflight.reply();
+    expect(end).toMatch(/^250 2\.0\.0 Ok: queued as /);
+    const code = await a.exited;
+    const took = Date.now() - t0;
+    console.log(`[sigterm] exit ${code} after ${took} ms`);
+    expect(code).toBe(0);
+    expect(took).toBeLessThan(8000 + 5000);
+    delete c.nodes['relay-a'];
+    await load.stop();
+
+    // every 250 is in A's spool (the next hop was down) and is delivered after a restart
+    const ok = [...load.ledger.filter((e) => e.outcome === '250').map((e) => queueIdOf(e.response)), queueIdOf(end!)];
+    const queued = new Set(c.spoolIds('relay-a', 'primary'));
+    expect(ok.filter((id) => !queued.has(id))).toEqual([]);
+    a = await c.start('relay-a');
+    await c.sinkUp();
+    const tokens = [...load.ledger.filter((e) => e.outcome === '250').map((e) => e.token), 'inflight1'];
+    await waitFor(() => tokens.every((t) => deliveries(c).has(t)), 60000, 'all accepted delivered');
+    const f = compare(load.ledger, c.received);
+    expect(f.refusedDelivered).toEqual([]);
+    expect(f.duplicateDeliveries).toBe(0);
+    // SIGINT stops a node the same way
+    expect(await c.kill('relay-a', 'SIGINT')).toBe(0);
+  }, 120000);
+});
