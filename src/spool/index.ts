@@ -123,7 +123,7 @@ export interface RecipientDiscard {
 
 const SCHEMA_VERSION = 2;
 
-const MIGRATIONS: Record<number, string> = {
+export const MIGRATIONS: Readonly<Record<number, string>> = {
   1: `
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE messages (
