@@ -115,19 +115,38 @@ describe('promotion and reconcile', () => {
     await waitFor(() => c.spoolIds('relay-b', 'shadow').length === 5, 20000, 'five copies on B');
     await c.kill('relay-a', 'SIGKILL');
     await waitFor(() => b.lines.filter((l) => l.msg === 'promoted').length === 5, 30000, 'five promotions on B');
-    // A comes back with its five queued copies, while B holds the same five as its own
+    await c.sinkUp();
+    await waitFor(() => deliveries(c).size === 5, 30000, 'B delivered the five');
+    // A comes back with its five queued copies and a next hop that works, while B is
+    // unresponsive for a while: A must hold its delivery until it could ask B
+    b.proc.kill('SIGSTOP');
     a = await c.start('relay-a');
+    await sleep(1500); // an A that did not hold would deliver now
+    b.proc.kill('SIGCONT');
     const rec = await waitForLine(a, (l) => l.msg === 'reconciled with peer', 20000, 'A reconciled');
     expect(rec).toMatchObject({ promotedByPeer: 5, dropped: 5 });
     for (const id of ids.values()) expect(a.lines.some((l) => l.msg === 'dropped: the peer promoted and delivers this message' && l.id === id)).toBe(true);
-    // only now can anything be delivered: both nodes would, if the reconcile had not happened
-    await c.sinkUp();
-    await waitFor(() => deliveries(c).size === 5, 30000, 'five deliveries');
-    await waitFor(() => c.spoolIds('relay-a').length === 0 && c.spoolIds('relay-b').length === 0, 30000, 'both spools empty');
+    await waitFor(() => c.spoolTotal('relay-a') === 0 && c.spoolTotal('relay-b') === 0, 30000, 'both spools empty, promotion records forgotten');
     expect([...deliveries(c).entries()].filter(([, n]) => n > 1)).toEqual([]);
     expect(c.received).toHaveLength(5);
-    // nothing left for A's reconcile to act on: B forgot the promotion records
-    await waitFor(() => c.spoolTotal('relay-b') === 0, 20000, 'B promotion records forgotten');
+    expect(a.lines.some((l) => l.msg === 'delivered')).toBe(false);
+  }, 90000);
+
+  it('the primary comes back after a promotion while the next hop is still down → only one of the two copies is ever delivered', async () => {
+    const c = await cluster({}, { 'relay-b': { shadow: { promoteAfterMs: 3000 } } }, { sinkUp: false });
+    const b = await c.start('relay-b');
+    let a = await c.start('relay-a');
+    await sendTokens(a.addresses.smtp.port, 'q', 5);
+    await waitFor(() => c.spoolIds('relay-b', 'shadow').length === 5, 20000, 'five copies on B');
+    await c.kill('relay-a', 'SIGKILL');
+    await waitFor(() => b.lines.filter((l) => l.msg === 'promoted').length === 5, 30000, 'five promotions on B');
+    // both nodes now hold the five as their own primaries
+    a = await c.start('relay-a');
+    expect(await waitForLine(a, (l) => l.msg === 'reconciled with peer', 20000, 'A reconciled')).toMatchObject({ dropped: 5 });
+    await c.sinkUp();
+    await waitFor(() => deliveries(c).size === 5, 30000, 'five deliveries');
+    await waitFor(() => c.spoolTotal('relay-a') === 0 && c.spoolTotal('relay-b') === 0, 30000, 'both spools empty');
+    expect(c.received).toHaveLength(5);
   }, 90000);
 
   it('the primary comes back with a new, empty spool (lost disk) → the peer promotes its copies at once', async () => {
