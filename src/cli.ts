@@ -1,14 +1,21 @@
 #!/usr/bin/env node
 /**
- * cli — `shadowrelay start | check-config | queue list | certs init | demo`.
- * Exit codes: 0 ok, 1 configuration or usage error, 2 runtime failure.
+ * cli — `shadowrelay start | check-config | queue … | health | spool backup | certs init |
+ * sink | demo`.
+ * Exit codes: 0 ok, 1 configuration or usage error (or: no such message, not healthy),
+ * 2 runtime failure (including: the daemon does not answer).
+ * Queue tools talk to the running daemon through its admin endpoint; the read-only ones
+ * (`list`, `show`) read the spool file directly when the daemon is down, and say so.
  */
 import { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { loadConfig, ConfigError, type Config } from './config/index.js';
+import { loadConfig, ConfigError, parseHostPort, type Config } from './config/index.js';
 import { Spool, type MessageSummary } from './spool/index.js';
 import { writeCertSet } from './certs/index.js';
+import { adminRequest, DaemonDown, AdminError } from './ops/admin-client.js';
+import { queueTable, showText } from './ops/queue-format.js';
+import { viewMessage, type MessageView, type ActionResult } from './ops/queue.js';
 
 function configOrExit(file: string): Config {
   try {
@@ -20,26 +27,6 @@ function configOrExit(file: string): Config {
     }
     throw e;
   }
-}
-
-function fmtTime(ms: number): string {
-  return new Date(ms).toISOString().replace('T', ' ').slice(0, 19);
-}
-
-function queueTable(rows: MessageSummary[]): string {
-  if (rows.length === 0) return 'Mail queue is empty\n';
-  const out: string[] = [];
-  out.push('-Queue ID-           -Role/State-      -Size- ----Arrival Time---- -Attempts- -Next Attempt------- -Sender/Recipient-');
-  for (const m of rows) {
-    out.push(
-      `${m.id.padEnd(20)} ${`${m.role}/${m.state}`.padEnd(17)} ${String(m.size).padStart(6)} ${fmtTime(m.receivedAt)} ${String(m.attempts).padStart(10)} ${fmtTime(m.nextAttemptAt)} ${m.sender || '<>'}`,
-    );
-    if (m.lastError) out.push(`${' '.repeat(21)}(${m.lastError})`);
-    for (const r of m.recipients) out.push(`${' '.repeat(21)}${r.address} [${r.state}]${r.lastError ? ` (${r.lastError})` : ''}`);
-    out.push('');
-  }
-  out.push(`-- ${rows.length} message${rows.length === 1 ? '' : 's'}`);
-  return out.join('\n') + '\n';
 }
 
 const program = new Command();
@@ -67,6 +54,11 @@ program
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
+    // like Postfix's `postfix reload`: re-read the file; a bad one is refused and logged
+    process.on('SIGHUP', () => {
+      relay.log.info({ signal: 'SIGHUP' }, 'signal received');
+      relay.reloadFromFile();
+    });
   });
 
 program
@@ -78,21 +70,171 @@ program
     process.stdout.write(`${cfg.file}: ok (node ${cfg.node.name}, peers ${cfg.shadow.peers.map((p) => p.name).join(', ')})\n`);
   });
 
-const queue = program.command('queue').description('inspect the spool');
-queue
-  .command('list')
-  .description('every message in this node\'s spool, primary and shadow')
-  .requiredOption('-c, --config <file>', 'YAML configuration file')
-  .option('--json', 'print a JSON array')
-  .action((o: { config: string; json?: boolean }) => {
-    const cfg = configOrExit(o.config);
-    let rows: MessageSummary[] = [];
-    if (existsSync(path.join(cfg.node.dataDir, 'spool.db'))) {
-      const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name, readonly: true });
-      rows = spool.list();
+const queue = program.command('queue').description('inspect and control the queue (mailq, postqueue, postsuper, postcat)');
+
+function fail(e: unknown): never {
+  if (e instanceof DaemonDown) {
+    process.stderr.write(`shadowrelay: ${e.message}\n`);
+    process.exit(2);
+  }
+  if (e instanceof AdminError) {
+    process.stderr.write(`shadowrelay: ${e.message}\n`);
+    process.exit(e.status === 401 ? 2 : 1);
+  }
+  throw e;
+}
+
+/** Runs a read through the daemon, or on the spool file (read-only) when the daemon is down. */
+async function readQueue<T>(cfg: Config, viaAdmin: () => Promise<T>, direct: (spool: Spool | null) => T): Promise<T> {
+  try {
+    return await viaAdmin();
+  } catch (e) {
+    if (!(e instanceof DaemonDown)) fail(e);
+    process.stderr.write(`shadowrelay: ${e.message}; reading the spool file directly\n`);
+    if (!existsSync(path.join(cfg.node.dataDir, 'spool.db'))) return direct(null);
+    const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name, readonly: true });
+    try {
+      return direct(spool);
+    } finally {
       void spool.close();
     }
+  }
+}
+
+queue
+  .command('list')
+  .description("every message in this node's spool, primary and shadow (like mailq)")
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('--json', 'print a JSON array')
+  .action(async (o: { config: string; json?: boolean }) => {
+    const cfg = configOrExit(o.config);
+    const rows = await readQueue<MessageSummary[]>(
+      cfg,
+      async () => (await adminRequest<{ messages: MessageSummary[] }>(cfg, 'GET', '/queue')).messages,
+      (spool) => spool?.list() ?? [],
+    );
     process.stdout.write(o.json ? JSON.stringify(rows, null, 2) + '\n' : queueTable(rows));
+  });
+
+queue
+  .command('show <id>')
+  .description('envelope, per-recipient state, history and headers of one message (like postcat)')
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('--body', 'print the whole message, not only its headers')
+  .option('--json', 'print JSON')
+  .action(async (id: string, o: { config: string; body?: boolean; json?: boolean }) => {
+    const cfg = configOrExit(o.config);
+    const v = await readQueue<MessageView | undefined>(
+      cfg,
+      async () => {
+        try {
+          return await adminRequest<MessageView>(cfg, 'GET', `/queue/${encodeURIComponent(id)}${o.body ? '?body=1' : ''}`);
+        } catch (e) {
+          if (e instanceof AdminError && e.status === 404) return undefined;
+          throw e;
+        }
+      },
+      (spool) => (spool ? viewMessage(spool, id, !!o.body) : undefined),
+    );
+    if (!v) {
+      process.stderr.write(`shadowrelay: ${id}: no such message in the queue\n`);
+      process.exit(1);
+    }
+    process.stdout.write(o.json ? JSON.stringify(v, null, 2) + '\n' : showText(v));
+  });
+
+queue
+  .command('flush')
+  .description('attempt delivery of every queued message now (like postqueue -f)')
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .action(async (o: { config: string }) => {
+    const cfg = configOrExit(o.config);
+    const r = await adminRequest<{ count: number }>(cfg, 'POST', '/queue/flush').catch(fail);
+    process.stdout.write(`${r.count} message${r.count === 1 ? '' : 's'} due now\n`);
+  });
+
+function action(name: 'retry' | 'hold' | 'release', what: string): void {
+  queue
+    .command(`${name} <id>`)
+    .description(what)
+    .requiredOption('-c, --config <file>', 'YAML configuration file')
+    .action(async (id: string, o: { config: string }) => {
+      const cfg = configOrExit(o.config);
+      const r = await adminRequest<ActionResult & { ok: true }>(cfg, 'POST', `/queue/${encodeURIComponent(id)}/${name}`).catch(fail);
+      process.stdout.write(`${r.id}: ${r.result}\n`);
+    });
+}
+action('retry', 'attempt delivery of one message now');
+action('hold', 'put a message on hold: it is not delivered until released (like postsuper -h)');
+action('release', 'release a held message; it is due at once (like postsuper -H)');
+
+queue
+  .command('delete [id]')
+  .description("delete a message without delivering it; the peer's shadow copy is discarded too (like postsuper -d)")
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('--all-failed', 'delete every message whose last delivery attempt failed (postsuper -d ALL deferred)')
+  .action(async (id: string | undefined, o: { config: string; allFailed?: boolean }) => {
+    if (!!id === !!o.allFailed) {
+      process.stderr.write('shadowrelay: queue delete needs a queue id or --all-failed (not both)\n');
+      process.exit(1);
+    }
+    const cfg = configOrExit(o.config);
+    if (o.allFailed) {
+      const r = await adminRequest<{ deleted: string[] }>(cfg, 'POST', '/queue/delete-failed').catch(fail);
+      for (const d of r.deleted) process.stdout.write(`${d}: deleted\n`);
+      process.stdout.write(`${r.deleted.length} message${r.deleted.length === 1 ? '' : 's'} deleted\n`);
+      return;
+    }
+    const r = await adminRequest<ActionResult & { ok: true }>(cfg, 'DELETE', `/queue/${encodeURIComponent(id!)}`).catch(fail);
+    process.stdout.write(`${r.id}: ${r.result}\n`);
+  });
+
+program
+  .command('health')
+  .description('ask the running daemon whether it is alive (/healthz) or ready (/readyz); exit 0 when it is')
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('--ready', 'check readiness (a peer answers, or the degraded policy is on) instead of liveness')
+  .option('--wait <seconds>', 'keep asking until it answers yes or this many seconds pass', '0')
+  .action(async (o: { config: string; ready?: boolean; wait: string }) => {
+    const cfg = configOrExit(o.config);
+    const until = Date.now() + Number(o.wait) * 1000;
+    const what = o.ready ? '/readyz' : '/healthz';
+    for (;;) {
+      let problem: string;
+      try {
+        await adminRequest(cfg, 'GET', what, 5000);
+        process.stdout.write(`${cfg.node.name}: ${o.ready ? 'ready' : 'alive'}\n`);
+        return;
+      } catch (e) {
+        problem = e instanceof AdminError ? `not ready: ${e.message}` : (e as Error).message;
+      }
+      if (Date.now() >= until) {
+        process.stderr.write(`shadowrelay: ${cfg.node.name}: ${problem}\n`);
+        process.exit(1);
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+
+const spoolCmd = program.command('spool').description('the spool database');
+spoolCmd
+  .command('backup')
+  .description('copy the spool to a file with SQLite\'s online backup (safe while the daemon runs)')
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .requiredOption('--out <file>', 'backup file to write')
+  .action(async (o: { config: string; out: string }) => {
+    const cfg = configOrExit(o.config);
+    if (!existsSync(path.join(cfg.node.dataDir, 'spool.db'))) {
+      process.stderr.write(`shadowrelay: no spool in ${cfg.node.dataDir}\n`);
+      process.exit(1);
+    }
+    const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name, readonly: true });
+    try {
+      const r = await spool.backup(o.out);
+      process.stdout.write(`${o.out}: ${r.totalPages} pages, ${spool.list().length} messages\n`);
+    } finally {
+      await spool.close();
+    }
   });
 
 const certs = program.command('certs').description('certificates for the replication link');
@@ -101,9 +243,45 @@ certs
   .description('create a CA and one certificate per node')
   .requiredOption('--out <dir>', 'output folder')
   .requiredOption('--nodes <names>', 'comma-separated node names, e.g. relay-a,relay-b')
-  .action(async (o: { out: string; nodes: string }) => {
+  .option('--force', 'replace certificates that already exist (a new CA: every node needs the new files)')
+  .action(async (o: { out: string; nodes: string; force?: boolean }) => {
     const names = o.nodes.split(',').map((s) => s.trim()).filter(Boolean);
+    const files = ['ca.crt', 'ca.key', ...names.flatMap((n) => [`${n}.crt`, `${n}.key`])].map((f) => path.join(o.out, f));
+    // idempotent: a re-run (e.g. compose's one-shot service on every `up`) keeps the CA
+    if (!o.force && existsSync(path.join(o.out, 'ca.crt'))) {
+      const missing = files.filter((f) => !existsSync(f));
+      if (missing.length) {
+        process.stderr.write(`shadowrelay: ${o.out} holds a CA but not ${missing.join(', ')}; use --force to make a new set\n`);
+        process.exit(1);
+      }
+      process.stdout.write(`certificates already exist in ${o.out}; kept (--force replaces them)\n`);
+      return;
+    }
     for (const f of await writeCertSet(o.out, names)) process.stdout.write(f + '\n');
+  });
+
+program
+  .command('sink')
+  .description('a test SMTP sink: accepts every message and prints one JSON line per message (for trying a pair)')
+  .option('--listen <host:port>', 'address to listen on', '127.0.0.1:2600')
+  .action(async (o: { listen: string }) => {
+    const hp = parseHostPort(o.listen);
+    if (!hp) {
+      process.stderr.write(`shadowrelay: --listen: expected "host:port", got "${o.listen}"\n`);
+      process.exit(1);
+    }
+    const { Sink } = await import('./sink.js');
+    const sink = new Sink();
+    sink.on('message', (m: { from: string; to: string[]; raw: Buffer }) => {
+      const subject = /^Subject:[ \t]*(.*)$/im.exec(m.raw.toString('utf8').split(/\r?\n\r?\n/)[0] ?? '')?.[1] ?? '';
+      process.stdout.write(JSON.stringify({ time: new Date().toISOString(), from: m.from, to: m.to, size: m.raw.length, subject }) + '\n');
+      sink.messages.length = 0; // long-running: keep nothing
+    });
+    const port = await sink.listen(hp.port, hp.host);
+    process.stdout.write(JSON.stringify({ msg: 'sink listening', host: hp.host, port }) + '\n');
+    const stop = () => void sink.close().then(() => process.exit(0));
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
   });
 
 program

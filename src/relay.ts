@@ -1,12 +1,13 @@
 /**
  * The composition root: builds every part of one node from its Config and wires them.
  * smtp → accept (spool + shadow) → 250 → delivery → spool purge → shadow discard.
+ * Ops: one Metrics registry per node handed to the parts; the admin endpoint serves it, the
+ * probes and the queue API; reload(cfg) drives each part's live-changeable settings.
  * Nothing else constructs parts; tests and the CLI start nodes through here.
  */
-import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
-import { parseHostPort, maxShadowAgeMs } from './config/index.js';
+import { parseHostPort, adminToken, loadConfig, ConfigError, maxShadowAgeMs } from './config/index.js';
 import { Spool } from './spool/index.js';
 import { ShadowLink } from './shadow/index.js';
 import { SmtpListener } from './smtp/index.js';
@@ -15,6 +16,9 @@ import { ShadowedAcceptor } from './core/accept.js';
 import { DeliveryWorker } from './delivery/index.js';
 import { AdminServer, type Readiness } from './ops/admin.js';
 import { createLogger } from './ops/log.js';
+import { Metrics } from './ops/metrics.js';
+import { QueueService } from './ops/queue.js';
+import { restartOnlyChanges, loadTlsMaterial } from './ops/reload.js';
 
 export interface RelayAddresses {
   smtp: { host: string; port: number };
@@ -22,11 +26,15 @@ export interface RelayAddresses {
   admin: { host: string; port: number };
 }
 
+export type ReloadResult = { ok: true; changed: string[] } | { ok: false; reason: string };
+
 export class Relay {
   private stopping: Promise<void> | undefined;
+  private current: Config;
+  private token: string | undefined;
 
   private constructor(
-    readonly config: Config,
+    config: Config,
     readonly log: Logger,
     readonly spool: Spool,
     readonly shadow: ShadowLink,
@@ -35,10 +43,20 @@ export class Relay {
     readonly delivery: DeliveryWorker,
     readonly admin: AdminServer,
     readonly addresses: RelayAddresses,
-  ) {}
+    readonly metrics: Metrics,
+    readonly queue: QueueService,
+  ) {
+    this.current = config;
+    this.token = adminToken(config);
+  }
+
+  /** The configuration in force (changes on a successful reload). */
+  get config(): Config {
+    return this.current;
+  }
 
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
-    const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level);
+    const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level, undefined, cfg.log.format);
     const spool = Spool.open(cfg.node.dataDir, {
       node: cfg.node.name,
       busyTimeoutMs: cfg.spool.busyTimeoutMs,
@@ -55,14 +73,18 @@ export class Relay {
       );
     }
 
-    const tls = {
-      ca: readFileSync(cfg.shadow.tls.ca),
-      cert: readFileSync(cfg.shadow.tls.cert),
-      key: readFileSync(cfg.shadow.tls.key),
-    };
+    const tls = loadTlsMaterial(cfg).shadow;
+    // the late-bound link lets the registry read peer state that exists only once built
+    let link: ShadowLink | undefined;
+    const metrics = new Metrics(cfg.node.name, {
+      queueStats: () => spool.queueStats(),
+      peers: () => link?.peers() ?? [],
+      discardsPending: () => spool.discardsPending(),
+      spoolBytes: () => spool.diskBytes(),
+    });
     // the parts call each other through these late-bound closures (wired below)
-    let delivery: DeliveryWorker | undefined;
-    let acceptor: ShadowedAcceptor | undefined;
+    let worker: DeliveryWorker | undefined;
+    let acceptorRef: ShadowedAcceptor | undefined;
     const shadow = new ShadowLink({
       nodeName: cfg.node.name,
       listen: parseHostPort(cfg.shadow.listen)!,
@@ -76,10 +98,12 @@ export class Relay {
       maxMessageSize: cfg.smtp.maxMessageSize,
       spool,
       log,
-      onPromoted: () => delivery?.wake(),
-      onReleased: () => delivery?.wake(),
+      metrics,
+      onPromoted: () => worker?.wake(),
+      onReleased: () => worker?.wake(),
     });
-    delivery = new DeliveryWorker({
+    link = shadow;
+    const delivery = new DeliveryWorker({
       nextHop: cfg.delivery.nextHop,
       concurrency: cfg.delivery.concurrency,
       retry: cfg.delivery.retry,
@@ -90,21 +114,31 @@ export class Relay {
       heldPeers: () => shadow.heldPeers(),
       // a bounce is accepted like inbound mail: spooled, shadowed, then queued
       submitBounce: async (b) => {
-        await acceptor!.accept(
-          { id: b.id, sender: b.sender, recipients: b.recipients, body: b.body, receivedAt: b.receivedAt, client: { address: 'local', helo: cfg.smtp.hostname } },
+        await acceptorRef!.accept(
+          {
+            id: b.id,
+            sender: b.sender,
+            recipients: b.recipients,
+            body: b.body,
+            receivedAt: b.receivedAt,
+            client: { address: 'local', helo: delivery.hostname },
+          },
           { settles: b.settles },
         );
       },
+      metrics,
     });
-    const worker = delivery;
-    acceptor = new ShadowedAcceptor({
+    worker = delivery;
+    const acceptor = new ShadowedAcceptor({
       spool,
       replicator: shadow,
       peerNames,
       onFailure: cfg.shadow.onFailure,
       log,
-      onAccepted: () => worker.wake(),
+      onAccepted: () => delivery.wake(),
+      metrics,
     });
+    acceptorRef = acceptor;
     const smtp = new SmtpListener({
       hostname: cfg.smtp.hostname,
       maxMessageSize: cfg.smtp.maxMessageSize,
@@ -114,15 +148,23 @@ export class Relay {
       tls: cfg.smtp.tls,
       acceptor,
       log,
+      metrics,
     });
+    const queue = new QueueService({ spool, log, wake: () => delivery.wake(), pumpDiscards: () => shadow.pumpDiscards() });
     let smtpUp = false;
+    let relay: Relay | undefined;
     const admin = new AdminServer({
       readiness: (): Readiness => {
         const reasons: string[] = [];
         if (!smtpUp) reasons.push('smtp listener not up');
-        if (!shadow.anyPeerUp() && cfg.shadow.onFailure !== 'accept') reasons.push('no shadow peer reachable');
+        const onFailure = relay?.config.shadow.onFailure ?? cfg.shadow.onFailure;
+        if (!shadow.anyPeerUp() && onFailure !== 'accept') reasons.push('no shadow peer reachable');
         return { ready: reasons.length === 0, reasons };
       },
+      metrics: () => metrics.render(),
+      queue,
+      token: () => relay?.token ?? adminToken(cfg),
+      log,
     });
 
     const shadowAddr = await shadow.start();
@@ -131,10 +173,68 @@ export class Relay {
     smtpUp = true;
     const adminHp = parseHostPort(cfg.admin.listen)!;
     const adminAddr = await admin.listen(adminHp.host, adminHp.port);
-    worker.start();
+    delivery.start();
     const addresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
+    relay = new Relay(cfg, log, spool, shadow, smtp, acceptor, delivery, admin, addresses, metrics, queue);
     log.info({ ...addresses }, 'shadowrelay started');
-    return new Relay(cfg, log, spool, shadow, smtp, acceptor, worker, admin, addresses);
+    return relay;
+  }
+
+  /**
+   * Applies a new configuration to a running node, all or nothing (see ops/reload.ts): a
+   * refused reload logs the reason and leaves the running configuration untouched.
+   */
+  reload(next: Config): ReloadResult {
+    const refuse = (reason: string): ReloadResult => {
+      this.log.error({ file: next.file, reason }, 'reload refused; the running configuration stays');
+      this.metrics.reload(false);
+      return { ok: false, reason };
+    };
+    const restart = restartOnlyChanges(this.current, next);
+    if (restart.length) return refuse(`${restart.join(', ')} changed: needs a restart`);
+    let material;
+    try {
+      material = loadTlsMaterial(next);
+    } catch (e) {
+      return refuse((e as Error).message);
+    }
+    const changed = (['smtp', 'shadow', 'delivery', 'admin', 'log'] as const).filter(
+      (k) => JSON.stringify(this.current[k]) !== JSON.stringify(next[k]),
+    );
+    // certificates may change on disk under the same file names: always re-apply them
+    this.shadow.reload({ tls: material.shadow, timeoutMs: next.shadow.timeoutMs });
+    this.acceptor.setOnFailure(next.shadow.onFailure);
+    this.smtp.reload({
+      hostname: next.smtp.hostname,
+      maxMessageSize: next.smtp.maxMessageSize,
+      maxRecipients: next.smtp.maxRecipients,
+      socketTimeoutMs: next.smtp.socketTimeoutMs,
+      allowedNetworks: new NetworkList(next.smtp.allowedNetworks),
+      tls: next.smtp.tls,
+    });
+    if (JSON.stringify(this.current.delivery) !== JSON.stringify(next.delivery) || this.current.smtp.hostname !== next.smtp.hostname) {
+      this.delivery.reload({ ...next.delivery, hostname: next.smtp.hostname });
+    }
+    this.log.level = next.log.level;
+    this.token = adminToken(next);
+    this.current = next;
+    this.metrics.reload(true);
+    this.log.info({ file: next.file, changed, certificates: 'reloaded' }, 'configuration reloaded');
+    return { ok: true, changed };
+  }
+
+  /** SIGHUP: re-reads the configuration file this node was started with. */
+  reloadFromFile(file: string = this.current.file): ReloadResult {
+    let next: Config;
+    try {
+      next = loadConfig(file);
+    } catch (e) {
+      const reason = e instanceof ConfigError ? e.problems.join('; ') : (e as Error).message;
+      this.log.error({ file, reason }, 'reload refused; the running configuration stays');
+      this.metrics.reload(false);
+      return { ok: false, reason };
+    }
+    return this.reload(next);
   }
 
   /**
@@ -144,9 +244,10 @@ export class Relay {
    */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      const deadline = Date.now() + this.config.node.shutdownTimeoutMs;
-      this.log.info({ shutdownTimeoutMs: this.config.node.shutdownTimeoutMs }, 'stopping');
-      await this.smtp.drain(this.config.node.shutdownTimeoutMs);
+      const timeout = this.config.node.shutdownTimeoutMs;
+      const deadline = Date.now() + timeout;
+      this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      await this.smtp.drain(timeout);
       await this.delivery.stop(Math.max(0, deadline - Date.now()));
       await this.shadow.stop();
       await this.admin.close();

@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
-import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import nodemailer from 'nodemailer';
 import pino from 'pino';
@@ -236,10 +237,27 @@ export class RawSmtp {
   }
 }
 
+export interface RunResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
 /** Runs the CLI as a child process and collects its output. */
-export function runCli(args: string[], timeoutMs = 60000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runCli(args: string[], timeoutMs = 60000): Promise<RunResult> {
+  return runCommand([process.execPath, CLI, ...args], timeoutMs);
+}
+
+/** Where a program is on PATH (sbin folders included), or null. */
+export function which(bin: string): string | null {
+  const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8', env: { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` } });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+/** Runs any command line to completion (killed after `timeoutMs`) and collects its output. */
+export function runCommand(argv: string[], timeoutMs = 60000): Promise<RunResult> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
@@ -318,4 +336,38 @@ export async function waitForLine(
 export function writeFile(file: string, text: string): string {
   writeFileSync(file, text);
   return file;
+}
+
+/** One request to a node's admin endpoint; resolves with status and text (any status). */
+export function adminHttp(
+  port: number,
+  path: string,
+  o: { method?: string; token?: string } = {},
+): Promise<{ status: number; text: string; json: () => unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path, method: o.method ?? 'GET', headers: o.token ? { authorization: `Bearer ${o.token}` } : {} },
+      (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text, json: () => JSON.parse(text) as unknown }));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+/** The value of one Prometheus sample (`name{labels}`) in an exposition text, or undefined. */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have: Record<string, string> = {};
+    for (const kv of (m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)) have[kv[1]!] = kv[2]!;
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[3]);
+  }
+  return undefined;
 }

@@ -129,13 +129,23 @@ const schema = z
       })
       .strict(),
     admin: z
-      .object({ listen: hostPort.default('127.0.0.1:9025') })
+      .object({
+        listen: hostPort.default('127.0.0.1:9025'),
+        // bearer token for /metrics and the /queue API (the probes stay open)
+        token: z.string().min(16, 'at least 16 characters').optional(),
+        tokenFile: fileRef.optional(),
+      })
       .strict()
+      .refine((a) => !(a.token && a.tokenFile), { message: 'set admin.token or admin.tokenFile, not both' })
       .default({ listen: '127.0.0.1:9025' }),
     log: z
-      .object({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') })
+      .object({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        // auto: human-readable when stdout is a terminal, JSON lines otherwise
+        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+      })
       .strict()
-      .default({ level: 'info' }),
+      .default({ level: 'info', format: 'auto' }),
   })
   .strict();
 
@@ -171,6 +181,7 @@ export function parseConfig(doc: unknown, file: string): Config {
   const abs = (p: string) => path.resolve(base, p);
   cfg.node.dataDir = abs(cfg.node.dataDir);
   if (cfg.smtp.tls) cfg.smtp.tls = { cert: abs(cfg.smtp.tls.cert), key: abs(cfg.smtp.tls.key) };
+  if (cfg.admin.tokenFile) cfg.admin.tokenFile = abs(cfg.admin.tokenFile);
   cfg.shadow.tls = {
     ca: abs(cfg.shadow.tls.ca),
     cert: abs(cfg.shadow.tls.cert),
@@ -216,6 +227,21 @@ export function loadConfig(file: string): Config {
   mustRead('shadow.tls.ca', cfg.shadow.tls.ca);
   mustRead('shadow.tls.cert', cfg.shadow.tls.cert);
   mustRead('shadow.tls.key', cfg.shadow.tls.key);
+  if (cfg.admin.tokenFile) {
+    mustRead('admin.tokenFile', cfg.admin.tokenFile);
+    if (!problems.length && !adminToken(cfg)) problems.push(`admin.tokenFile: ${cfg.admin.tokenFile} is empty`);
+  }
   if (problems.length) throw new ConfigError(file, problems);
   return cfg;
+}
+
+/** The admin bearer token (`admin.token`, or the first line of `admin.tokenFile`), if any. */
+export function adminToken(cfg: Config): string | undefined {
+  if (cfg.admin.token) return cfg.admin.token;
+  if (!cfg.admin.tokenFile) return undefined;
+  try {
+    return readFileSync(cfg.admin.tokenFile, 'utf8').split(/\r?\n/)[0]!.trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -14,6 +14,7 @@ import type { Acceptor, InboundMessage } from '../smtp/index.js';
 import { reply } from '../smtp/replies.js';
 import type { ReplicateInput } from '../shadow/index.js';
 import type { RecipientDiscard } from '../spool/index.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface Replicator {
   replicate(m: ReplicateInput): Promise<string>;
@@ -34,12 +35,22 @@ export interface ShadowedAcceptorOptions {
   log: Logger;
   /** called after the message is durable on two nodes (or degraded-accepted) */
   onAccepted: (id: string) => void;
+  metrics?: Pick<RelayMetrics, 'accepted' | 'refused'>;
 }
 
 export class ShadowedAcceptor implements Acceptor {
   readonly counters: AcceptCounters = { accepted: 0, degraded: 0, refusedShadow: 0, refusedStorage: 0 };
 
-  constructor(private readonly o: ShadowedAcceptorOptions) {}
+  private readonly metrics: Pick<RelayMetrics, 'accepted' | 'refused'>;
+
+  constructor(private readonly o: ShadowedAcceptorOptions) {
+    this.metrics = o.metrics ?? noMetrics;
+  }
+
+  /** Live change (config reload): the policy when no peer confirms. */
+  setOnFailure(onFailure: 'reject' | 'accept'): void {
+    this.o.onFailure = onFailure;
+  }
 
   async accept(m: InboundMessage, opts: { settles?: RecipientDiscard } = {}): Promise<string> {
     const { spool, log } = this.o;
@@ -49,6 +60,7 @@ export class ShadowedAcceptor implements Acceptor {
       await spool.spoolPrimary({ id: m.id, sender: m.sender, recipients: m.recipients, body: m.body, receivedAt: m.receivedAt, client });
     } catch (err) {
       this.counters.refusedStorage++;
+      this.metrics.refused('storage');
       log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
@@ -65,6 +77,7 @@ export class ShadowedAcceptor implements Acceptor {
         log.warn({ id: m.id, reason }, 'DEGRADED: accepted without a shadow copy (shadow.onFailure=accept)');
       } else {
         this.counters.refusedShadow++;
+        this.metrics.refused('shadow_unconfirmed');
         await this.drop(m.id);
         log.warn({ id: m.id, reason }, 'refused: shadow copy not confirmed');
         throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
@@ -74,12 +87,14 @@ export class ShadowedAcceptor implements Acceptor {
       await spool.markAccepted(m.id, peer, opts.settles);
     } catch (err) {
       this.counters.refusedStorage++;
+      this.metrics.refused('storage');
       await this.drop(m.id);
       log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
     this.counters.accepted++;
     const shadowMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.metrics.accepted(peer === null ? null : shadowMs / 1000);
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, shadowPeer: peer, shadowMs }, 'accepted');
     this.o.onAccepted(m.id);
     return `2.0.0 Ok: queued as ${m.id}`;

@@ -26,6 +26,7 @@ import type { Logger } from 'pino';
 import type { Spool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
 import { buildDsn, recipientFailure } from './dsn.js';
 import { newQueueId } from '../core/ids.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface DeliveryOptions {
   nextHop: { host: string; port: number; tls: 'none' | 'opportunistic' | 'required' };
@@ -40,6 +41,15 @@ export interface DeliveryOptions {
   heldPeers?: () => string[];
   /** accepts a bounce like an inbound message (spool + shadow); resolves once queued */
   submitBounce?: (b: Bounce) => Promise<void>;
+  metrics?: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt' | 'duplicateRisk'>;
+}
+
+/** What a config reload may change while the worker runs. */
+export interface DeliverySettings {
+  nextHop: DeliveryOptions['nextHop'];
+  concurrency: number;
+  retry: DeliveryOptions['retry'];
+  hostname: string;
 }
 
 /** A bounce to be accepted; `settles` marks the failed recipients it reports. */
@@ -107,7 +117,8 @@ export class DeliveryWorker {
     cancelledInFlight: 0,
     recordRetries: 0,
   };
-  private readonly transport: Transporter;
+  private transport: Transporter;
+  private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt' | 'duplicateRisk'>;
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private running = false;
@@ -116,8 +127,13 @@ export class DeliveryWorker {
   private aborted = false;
 
   constructor(private readonly o: DeliveryOptions) {
+    this.metrics = o.metrics ?? noMetrics;
+    this.transport = DeliveryWorker.transportFor(o);
+  }
+
+  private static transportFor(o: DeliverySettings): Transporter {
     const tls = o.nextHop.tls;
-    this.transport = nodemailer.createTransport({
+    return nodemailer.createTransport({
       pool: true,
       host: o.nextHop.host,
       port: o.nextHop.port,
@@ -132,6 +148,23 @@ export class DeliveryWorker {
       greetingTimeout: 30000,
       socketTimeout: 300000,
     });
+  }
+
+  /**
+   * Live change (config reload): new attempts use the new next hop, limits and backoff;
+   * attempts in flight finish on the old connections, which close afterwards.
+   */
+  reload(s: DeliverySettings): void {
+    const old = this.transport;
+    Object.assign(this.o, { nextHop: s.nextHop, concurrency: s.concurrency, retry: s.retry, hostname: s.hostname });
+    this.transport = DeliveryWorker.transportFor(this.o);
+    void Promise.allSettled([...this.inflight.values()]).then(() => old.close());
+    this.wake();
+  }
+
+  /** The name this node uses towards the next hop (and in its bounces); follows reloads. */
+  get hostname(): string {
+    return this.o.hostname;
   }
 
   start(): void {
@@ -196,6 +229,7 @@ export class DeliveryWorker {
   private async attempt(m: MessageWithBody, pending: RecipientRow[]): Promise<AttemptResult> {
     const id = m.id;
     this.counters.attempts++;
+    const started = process.hrtime.bigint();
     const relay = `${this.o.nextHop.host}:${this.o.nextHop.port}`;
     const outcomes: RecipientOutcome[] = [];
     const byAddress = new Map(pending.map((r) => [r.address.toLowerCase(), r.idx]));
@@ -237,6 +271,7 @@ export class DeliveryWorker {
       }
     }
 
+    this.metrics.deliveryAttempt(Number(process.hrtime.bigint() - started) / 1e9);
     const attempts = m.attempts + 1;
     const next = Date.now() + backoffMs(attempts, this.o.retry.initialMs, this.o.retry.maxMs);
     const anyPending = outcomes.some((o) => o.state === 'pending');
@@ -247,6 +282,8 @@ export class DeliveryWorker {
       const status = o.state === 'delivered' ? 'sent' : expired.has(o.idx) ? 'expired' : o.state === 'failed' ? 'bounced' : 'deferred';
       const response = o.error ?? summary;
       const dsn = dsnOf(response, o.state === 'delivered' ? '2.0.0' : o.state === 'failed' && !expired.has(o.idx) ? '5.0.0' : '4.0.0');
+      // an expired recipient is bounced like a refused one
+      this.metrics.delivery(o.state === 'delivered' ? 'delivered' : o.state === 'failed' ? 'bounced' : 'deferred', delay);
       if (o.state === 'delivered') this.counters.delivered++;
       else if (expired.has(o.idx)) this.counters.expired++;
       else if (o.state === 'failed') this.counters.failed++;
@@ -258,6 +295,7 @@ export class DeliveryWorker {
     if (result.gone) {
       if (outcomes.some((o) => o.state === 'delivered')) {
         this.counters.cancelledInFlight++;
+        this.metrics.duplicateRisk('promoted_after_delivery');
         this.o.log.warn({ id }, 'duplicate risk: the message was cancelled (its peer delivered it) while this node sent it');
       }
     } else if (result.purged) {

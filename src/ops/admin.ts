@@ -1,9 +1,25 @@
 /**
- * The admin HTTP endpoint (loopback by default): `/healthz` answers 200 while the process
- * runs; `/readyz` answers 200 once the spool is open, the SMTP listener is up and a peer
- * answers (or the degraded policy is on), else 503 with the reasons as JSON.
+ * The admin HTTP endpoint (`admin.listen`, loopback by default).
+ *
+ * Implementation summary:
+ * - `GET /healthz`: 200 while the process runs (no token needed: probes and HEALTHCHECK).
+ * - `GET /readyz`: 200 once the spool is open, the SMTP listener is up and a peer answers
+ *   (or the degraded policy is on), else 503 with the reasons as JSON (no token needed).
+ * - `GET /metrics`: Prometheus text format (prom-client).
+ * - The JSON queue API used by `shadowrelay queue …`:
+ *     GET    /queue                 list (summaries)
+ *     GET    /queue/<id>[?body=1]   show: envelope, recipients, history, headers (and body)
+ *     POST   /queue/flush           every queued message due now
+ *     POST   /queue/<id>/retry|hold|release
+ *     DELETE /queue/<id>            delete; the peer is owed a discard of its shadow copy
+ *     POST   /queue/delete-failed   delete every message whose last attempt failed
+ * - When a token is configured (`admin.token` / `admin.tokenFile`), everything but the two
+ *   probes needs `Authorization: Bearer <token>`; a wrong or missing one gets 401.
  */
 import http from 'node:http';
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { QueueService, ActionResult } from './queue.js';
 
 export interface Readiness {
   ready: boolean;
@@ -12,26 +28,96 @@ export interface Readiness {
 
 export interface AdminOptions {
   readiness: () => Readiness;
+  /** Prometheus exposition; absent → 404 */
+  metrics?: () => Promise<{ contentType: string; text: string }>;
+  queue?: QueueService;
+  /** current bearer token (read per request: a reload can change it); undefined → open */
+  token?: () => string | undefined;
+  log?: Logger;
+}
+
+const ID_PATH = /^\/queue\/([A-Za-z0-9]{1,64})(?:\/(retry|hold|release))?$/;
+
+function sameSecret(a: string, b: string): boolean {
+  // hash first: timingSafeEqual needs equal lengths, and the length must not leak either
+  const h = (s: string) => createHash('sha256').update(s).digest();
+  return timingSafeEqual(h(a), h(b));
 }
 
 export class AdminServer {
   private readonly server: http.Server;
 
-  constructor(o: AdminOptions) {
+  constructor(private readonly o: AdminOptions) {
     this.server = http.createServer((req, res) => {
-      const send = (status: number, body: unknown) => {
-        res.writeHead(status, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(body) + '\n');
-      };
-      const url = (req.url ?? '/').split('?')[0];
-      if (req.method !== 'GET') return send(405, { error: 'method not allowed' });
-      if (url === '/healthz') return send(200, { status: 'ok' });
-      if (url === '/readyz') {
-        const r = o.readiness();
-        return send(r.ready ? 200 : 503, r.ready ? { status: 'ready' } : { status: 'not ready', reasons: r.reasons });
-      }
-      send(404, { error: 'not found' });
+      this.handle(req, res).catch((err: unknown) => {
+        o.log?.error({ err: (err as Error).message, url: req.url }, 'admin: request failed');
+        if (!res.headersSent) {
+          res.writeHead(500, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ error: 'internal error' }) + '\n');
+        } else res.destroy();
+      });
     });
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const send = (status: number, body: unknown) => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(body) + '\n');
+    };
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const path = url.pathname;
+    const method = req.method ?? 'GET';
+    // requests carry no body we need; drain whatever comes
+    req.resume();
+
+    if (path === '/healthz' || path === '/readyz') {
+      if (method !== 'GET') return send(405, { error: 'method not allowed' });
+      if (path === '/healthz') return send(200, { status: 'ok' });
+      const r = this.o.readiness();
+      return send(r.ready ? 200 : 503, r.ready ? { status: 'ready' } : { status: 'not ready', reasons: r.reasons });
+    }
+
+    const token = this.o.token?.();
+    if (token) {
+      const auth = req.headers.authorization ?? '';
+      const m = /^Bearer\s+(\S+)$/i.exec(auth);
+      if (!m || !sameSecret(m[1]!, token)) {
+        res.setHeader('www-authenticate', 'Bearer realm="shadowrelay"');
+        return send(401, { error: 'missing or wrong bearer token (admin.token)' });
+      }
+    }
+
+    if (path === '/metrics' && this.o.metrics) {
+      if (method !== 'GET') return send(405, { error: 'method not allowed' });
+      const m = await this.o.metrics();
+      res.writeHead(200, { 'content-type': m.contentType });
+      res.end(m.text);
+      return;
+    }
+
+    const q = this.o.queue;
+    if (!q || !(path === '/queue' || path.startsWith('/queue/'))) return send(404, { error: 'not found' });
+    const answer = (r: ActionResult) => (r.ok ? send(200, r) : send(r.status, { error: r.error }));
+
+    if (path === '/queue') {
+      if (method !== 'GET') return send(405, { error: 'method not allowed' });
+      return send(200, { messages: q.list() });
+    }
+    if (path === '/queue/flush' || path === '/queue/delete-failed') {
+      if (method !== 'POST') return send(405, { error: 'method not allowed' });
+      return send(200, path === '/queue/flush' ? await q.flush() : await q.deleteAllFailed());
+    }
+    const m = ID_PATH.exec(path);
+    if (!m) return send(404, { error: 'not found' });
+    const [, id, action] = m as unknown as [string, string, string | undefined];
+    if (action) {
+      if (method !== 'POST') return send(405, { error: 'method not allowed' });
+      return answer(action === 'retry' ? await q.retry(id) : action === 'hold' ? await q.hold(id) : await q.release(id));
+    }
+    if (method === 'DELETE') return answer(await q.delete(id));
+    if (method !== 'GET') return send(405, { error: 'method not allowed' });
+    const v = q.show(id, url.searchParams.get('body') === '1');
+    return v ? send(200, v) : send(404, { error: `${id}: no such message in the queue` });
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {

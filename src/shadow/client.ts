@@ -13,6 +13,8 @@ export class PeerError extends Error {
     message: string,
     /** 'timeout' | 'unreachable' | 'refused' */
     readonly kind: 'timeout' | 'unreachable' | 'refused',
+    /** the HTTP status of a refusal */
+    readonly status?: number,
   ) {
     super(message);
   }
@@ -30,6 +32,14 @@ export class PeerClient {
   private closed = false;
 
   constructor(private readonly o: PeerClientOptions) {}
+
+  /** New certificates (config reload): the current session closes once its requests finish. */
+  setTls(tls: TlsFiles): void {
+    this.o.tls = tls;
+    const s = this.session;
+    this.session = undefined;
+    if (s && !s.closed && !s.destroyed) s.close();
+  }
 
   get name(): string {
     return this.o.name;
@@ -112,7 +122,7 @@ export class PeerClient {
       } catch {
         /* not JSON */
       }
-      throw new PeerError(`peer ${this.o.name} refused: ${r.status} ${msg}`, 'refused');
+      throw new PeerError(`peer ${this.o.name} refused: ${r.status} ${msg}`, 'refused', r.status);
     }
     return JSON.parse(r.body.toString('utf8')) as T;
   }
@@ -130,7 +140,14 @@ export class PeerClient {
 
   /** Asks the peer which of our messages it promoted (for our current incarnation). */
   async reconcile(incarnation: string, timeoutMs: number): Promise<string[]> {
-    const r = await this.json<{ promoted: unknown }>('POST', '/v1/reconcile', Buffer.from(JSON.stringify({ incarnation })), timeoutMs, 200);
+    let r: { promoted: unknown };
+    try {
+      r = await this.json<{ promoted: unknown }>('POST', '/v1/reconcile', Buffer.from(JSON.stringify({ incarnation })), timeoutMs, 200);
+    } catch (e) {
+      // a peer of a version without promotion (rolling upgrade) never promoted anything
+      if (e instanceof PeerError && e.status === 404) return [];
+      throw e;
+    }
     if (!Array.isArray(r.promoted) || !r.promoted.every((x) => typeof x === 'string')) {
       throw new PeerError(`peer ${this.o.name}: malformed reconcile answer`, 'refused');
     }

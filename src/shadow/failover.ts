@@ -28,6 +28,7 @@ import type { Logger } from 'pino';
 import type { Spool, DiscardResult } from '../spool/index.js';
 import type { PeerClient } from './client.js';
 import type { DiscardBody } from './protocol.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 /** Counters the ops part can export as metrics. */
 export interface FailoverCounters {
@@ -56,7 +57,8 @@ export interface FailoverOptions {
   spool: Spool;
   log: Logger;
   clients: PeerClient[];
-  timeoutMs: number;
+  /** the link's deadline per request (a reload may change it) */
+  timeoutMs: () => number;
   promoteAfterMs: number;
   maxShadowAgeMs: number;
   reconcileIntervalMs: number;
@@ -67,6 +69,7 @@ export interface FailoverOptions {
   onPromoted: () => void;
   /** a hold on delivery was lifted */
   onReleased: () => void;
+  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
 }
 
 /** Promotion records are kept this long after the fact if the origin never reconciles. */
@@ -151,6 +154,7 @@ export class Failover {
       const r = await this.o.spool.promoteShadows(peer, Date.now(), exceptIncarnation);
       this.counters.promotions++;
       this.counters.promoted += r.promoted.length;
+      if (r.promoted.length) (this.o.metrics ?? noMetrics).promoted(peer, r.promoted.length);
       for (const m of r.promoted) this.o.log.warn({ id: m.id, origin: peer, reason, pending: m.pending }, 'promoted');
       for (const id of r.emptied) this.o.log.info({ id, origin: peer }, 'shadow dropped: no recipient left to deliver');
       if (r.promoted.length) this.o.onPromoted();
@@ -179,13 +183,13 @@ export class Failover {
       const inc = this.incarnationOf.get(c.name);
       if (!inc || !this.o.isUp(c.name)) continue;
       const after = this.cursor.get(c.name) ?? { receivedAt: -1, id: '' };
-      const refs = this.o.spool.shadowsToVerify(c.name, inc, now - 2 * this.o.timeoutMs, after, VERIFY_BATCH);
+      const refs = this.o.spool.shadowsToVerify(c.name, inc, now - 2 * this.o.timeoutMs(), after, VERIFY_BATCH);
       if (refs.length < VERIFY_BATCH) this.cursor.delete(c.name);
       else this.cursor.set(c.name, { receivedAt: refs.at(-1)!.receivedAt, id: refs.at(-1)!.id });
       if (refs.length === 0) continue;
       let known: Set<string>;
       try {
-        known = new Set(await c.known(refs.map((r) => r.id), this.o.timeoutMs));
+        known = new Set(await c.known(refs.map((r) => r.id), this.o.timeoutMs()));
       } catch (err) {
         this.o.log.debug({ peer: c.name, err: (err as Error).message }, 'orphan check failed (retried later)');
         continue;
@@ -213,7 +217,9 @@ export class Failover {
     for (const id of body.ids) this.o.log.info({ id, peer }, 'shadow discarded');
     for (const id of res.cancelled) this.o.log.warn({ id, origin: peer }, 'promoted copy cancelled: its origin delivered it');
     this.counters.promotedCancelled += res.cancelled.length;
-    for (const id of [...res.duplicates, ...duplicates]) {
+    const dups = [...res.duplicates, ...duplicates];
+    if (dups.length) (this.o.metrics ?? noMetrics).duplicateRisk('promoted_after_delivery', dups.length);
+    for (const id of dups) {
       this.counters.duplicates++;
       this.o.log.warn({ id, origin: peer }, 'duplicate delivery: the origin and this node (after promotion) both delivered');
     }
@@ -260,13 +266,13 @@ export class Failover {
     p.running = true;
     const started = p.since;
     try {
-      const promoted = await client.reconcile(this.o.spool.incarnation, this.o.timeoutMs);
+      const promoted = await client.reconcile(this.o.spool.incarnation, this.o.timeoutMs());
       const dropped = promoted.length ? await this.o.spool.dropPromotedByPeer(peer, promoted) : [];
       for (const id of dropped) this.o.log.warn({ id, peer }, 'dropped: the peer promoted and delivers this message');
       this.counters.reconcileDropped += dropped.length;
       // only what we dropped is settled; an id we no longer hold was delivered here, and
       // our discard for it (still owed) tells the peer, which counts the duplicate
-      if (dropped.length) await client.reconcileDone(dropped, this.o.timeoutMs);
+      if (dropped.length) await client.reconcileDone(dropped, this.o.timeoutMs());
       this.counters.reconciles++;
       this.o.log.info({ peer, promotedByPeer: promoted.length, dropped: dropped.length }, 'reconciled with peer');
       // a new down→up transition while we asked restarts the hold
@@ -291,6 +297,7 @@ export class Failover {
       else {
         p.needed = false;
         this.counters.holdsExpired++;
+        (this.o.metrics ?? noMetrics).duplicateRisk('delivered_without_reconcile');
         this.o.log.warn({ peer, heldMs: now - p.since }, 'no reconcile with the peer within promoteAfterMs: delivering anyway (duplicate risk if it promoted)');
       }
     }

@@ -22,6 +22,7 @@ import { PeerClient, PeerError } from './client.js';
 import { ShadowServer, type TlsFiles } from './server.js';
 import { Failover, type FailoverCounters } from './failover.js';
 import { parseHostPort } from '../config/index.js';
+import type { RelayMetrics } from '../ops/metrics.js';
 
 export { PeerError } from './client.js';
 export type { FailoverCounters } from './failover.js';
@@ -43,6 +44,8 @@ export interface ShadowLinkOptions {
   onPromoted?: () => void;
   /** a reconcile lifted a hold on delivery */
   onReleased?: () => void;
+  /** promotion and reconcile report promotions and duplicate-risk events here */
+  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
 }
 
 /** Counters the ops part can export as metrics (failover ones: `failover.counters`). */
@@ -113,7 +116,7 @@ export class ShadowLink {
       spool: o.spool,
       log: o.log,
       clients: this.clients,
-      timeoutMs: o.timeoutMs,
+      timeoutMs: () => this.o.timeoutMs,
       promoteAfterMs: o.promoteAfterMs,
       maxShadowAgeMs: o.maxShadowAgeMs,
       reconcileIntervalMs: o.reconcileIntervalMs,
@@ -121,6 +124,7 @@ export class ShadowLink {
       isUp: (peer) => this.status.get(peer)?.up ?? false,
       onPromoted: () => o.onPromoted?.(),
       onReleased: () => o.onReleased?.(),
+      metrics: o.metrics,
     });
   }
 
@@ -267,6 +271,18 @@ export class ShadowLink {
         if (ids.length < DISCARD_BATCH && rcpts.length < DISCARD_BATCH) break;
       }
     }
+  }
+
+  /**
+   * Live change (config reload): new certificates for both ends of the link. The server
+   * presents them on new connections; client sessions close gracefully (requests in flight
+   * finish) and the next request reconnects with the new ones.
+   */
+  reload(s: { tls: TlsFiles; timeoutMs: number }): void {
+    this.server.setTls(s.tls);
+    for (const c of this.clients) c.setTls(s.tls);
+    this.o.tls = s.tls;
+    this.o.timeoutMs = s.timeoutMs;
   }
 
   peers(): PeerStatus[] {

@@ -92,6 +92,11 @@ export class ShadowServer {
     this.server.on('tlsClientError', (err) => o.log.debug({ err: err.message }, 'shadow: TLS handshake failed'));
   }
 
+  /** New certificates for connections made from now on (config reload). */
+  setTls(tls: TlsFiles): void {
+    this.server.setSecureContext({ ca: tls.ca, cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' });
+  }
+
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);

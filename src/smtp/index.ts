@@ -20,6 +20,7 @@ import type { Logger } from 'pino';
 import { reply, SmtpReply } from './replies.js';
 import type { NetworkList } from './networks.js';
 import { newQueueId } from '../core/ids.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export { SmtpReply, reply } from './replies.js';
 
@@ -38,15 +39,20 @@ export interface Acceptor {
   accept(m: InboundMessage): Promise<string>;
 }
 
-export interface SmtpListenerOptions {
+/** What a config reload may change on a running listener (applies to new sessions). */
+export interface SmtpSettings {
   hostname: string;
   maxMessageSize: number;
   maxRecipients: number;
   socketTimeoutMs: number;
   allowedNetworks: NetworkList;
   tls?: { cert: string; key: string };
+}
+
+export interface SmtpListenerOptions extends SmtpSettings {
   acceptor: Acceptor;
   log: Logger;
+  metrics?: Pick<RelayMetrics, 'refused'>;
 }
 
 function rfc2822Date(d: Date): string {
@@ -75,8 +81,10 @@ export class SmtpListener {
   /** sessions whose DATA is being received / whose message is being accepted */
   private readonly receiving = new Set<string>();
   private readonly accepting = new Set<string>();
+  private readonly metrics: Pick<RelayMetrics, 'refused'>;
 
   constructor(private readonly o: SmtpListenerOptions) {
+    this.metrics = o.metrics ?? noMetrics;
     const tls = o.tls ? { key: readFileSync(o.tls.key), cert: readFileSync(o.tls.cert) } : {};
     this.server = new SMTPServer({
       ...tls,
@@ -92,11 +100,20 @@ export class SmtpListener {
       disableReverseLookup: true,
       socketTimeout: o.socketTimeoutMs,
       logger: false,
-      onConnect: (_session, cb) => (this.draining ? cb(reply(421, '4.3.2', 'Service shutting down')) : cb()),
+      onConnect: (session, cb) => {
+        o.log.info({ session: session.id, client: session.remoteAddress }, 'connect');
+        // graceful stop: the listener stays open so clients learn why
+        if (this.draining) return cb(reply(421, '4.3.2', 'Service shutting down'));
+        cb();
+      },
       onMailFrom: (_addr, _session, cb) => (this.draining ? cb(reply(421, '4.3.2', 'Service shutting down')) : cb()),
+      onClose: (session) => {
+        o.log.info({ session: session.id, client: session.remoteAddress }, 'disconnect');
+      },
       onRcptTo: (addr, session, cb) => {
         if (!o.allowedNetworks.contains(session.remoteAddress) && !session.user) {
-          o.log.info({ client: session.remoteAddress, rcpt: addr.address }, 'relay access denied');
+          this.metrics.refused('relay_denied');
+          o.log.info({ session: session.id, client: session.remoteAddress, rcpt: addr.address }, 'relay access denied');
           return cb(reply(554, '5.7.1', `<${addr.address}>: Relay access denied`));
         }
         cb();
@@ -138,7 +155,11 @@ export class SmtpListener {
     });
     stream.once('end', () => {
       this.receiving.delete(sid);
-      if (stream.sizeExceeded) return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      if (stream.sizeExceeded) {
+        this.metrics.refused('too_big');
+        this.o.log.info({ session: session.id, client: session.remoteAddress, size }, 'refused: message too big');
+        return cb(reply(552, '5.3.4', 'Message size exceeds fixed limit'));
+      }
       const now = new Date();
       const id = newQueueId(now.getTime());
       const recipients = session.envelope.rcptTo.map((r) => r.address);
@@ -150,6 +171,12 @@ export class SmtpListener {
         now,
       );
       const body = Buffer.concat([Buffer.from(received, 'latin1'), ...chunks]);
+      // ties the session's connect line to the queue id (Postfix: "ID: client=...")
+      const env = session.envelope;
+      this.o.log.info(
+        { id, session: session.id, client: session.remoteAddress, helo, tls: !!session.secure, body: env.bodyType, smtputf8: !!env.smtpUtf8 },
+        'client',
+      );
       this.accepting.add(sid);
       this.o.acceptor
         .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
@@ -158,6 +185,7 @@ export class SmtpListener {
           (err: unknown) => {
             if (err instanceof SmtpReply) return cb(err);
             this.o.log.error({ id, err }, 'accept failed unexpectedly');
+            this.metrics.refused('internal');
             cb(reply(451, '4.3.0', 'Error: queue file write error'));
           },
         )
@@ -186,6 +214,22 @@ export class SmtpListener {
     await until(() => this.accepting.size === 0, Number.POSITIVE_INFINITY);
     shut();
     await this.close();
+  }
+
+  /**
+   * Live change (config reload). smtp-server reads these options per session, so new
+   * sessions see them; sessions already open keep what they negotiated. TLS files are read
+   * here: a caller validates them first (see relay reload) so a bad file never half-applies.
+   */
+  reload(s: SmtpSettings): void {
+    const opts = this.server.options as unknown as Record<string, unknown>;
+    opts.name = s.hostname;
+    opts.size = s.maxMessageSize;
+    opts.maxRecipients = s.maxRecipients;
+    opts.socketTimeout = s.socketTimeoutMs;
+    opts.hideSTARTTLS = !s.tls;
+    if (s.tls) this.server.updateSecureContext({ key: readFileSync(s.tls.key), cert: readFileSync(s.tls.cert) });
+    Object.assign(this.o, s);
   }
 
   /** Stops accepting connections; open sessions are closed by smtp-server's close logic. */

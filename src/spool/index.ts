@@ -27,7 +27,7 @@
  * - The schema is versioned in `meta.schema_version`; migrations run in order on open.
  */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 
@@ -75,6 +75,20 @@ export interface MessageSummary {
 
 export interface MessageWithBody extends MessageSummary {
   body: Buffer;
+}
+
+/** What `queue show` needs beyond the summary. */
+export interface MessageDetail extends MessageSummary {
+  client: string | null;
+  originIncarnation: string;
+}
+
+/** One line of the queue gauges: how many messages of a role/state, and the oldest arrival. */
+export interface QueueStat {
+  role: Role;
+  state: MessageState;
+  count: number;
+  oldestReceivedAt: number;
 }
 
 export interface RecipientOutcome {
@@ -392,6 +406,18 @@ export class Spool {
       outboxCount: db.prepare(`SELECT COUNT(*) AS n FROM outbox`),
       spooledIds: db.prepare(`SELECT id FROM messages WHERE role='primary' AND state='spooled'`),
       dropSpooled: db.prepare(`DELETE FROM messages WHERE role='primary' AND state='spooled'`),
+      // operator actions (queue tools)
+      hold: db.prepare(`UPDATE messages SET state='held' WHERE id=? AND role='primary' AND state='queued'`),
+      release: db.prepare(`UPDATE messages SET state='queued', next_attempt_at=? WHERE id=? AND role='primary' AND state='held'`),
+      retryNow: db.prepare(`UPDATE messages SET next_attempt_at=? WHERE id=? AND role='primary' AND state='queued'`),
+      retryAllNow: db.prepare(`UPDATE messages SET next_attempt_at=? WHERE role='primary' AND state='queued' AND next_attempt_at>?`),
+      deferredIds: db.prepare(
+        `SELECT id FROM messages WHERE role='primary' AND state IN ('queued','held') AND attempts>0 AND last_error IS NOT NULL ORDER BY received_at`,
+      ),
+      getDetail: db.prepare(`SELECT client, origin_incarnation FROM messages WHERE id=?`),
+      stats: db.prepare(
+        `SELECT role, state, COUNT(*) AS n, MIN(received_at) AS oldest FROM messages GROUP BY role, state`,
+      ),
       counts: db.prepare(`SELECT role, COUNT(*) AS n FROM messages GROUP BY role`),
     };
   }
@@ -794,6 +820,53 @@ export class Spool {
     return (this.st.outboxCount.get() as { n: number }).n + (this.st.outboxRcptCount.get() as { n: number }).n;
   }
 
+  // ---- operator actions (queue tools) --------------------------------------------
+
+  /** Puts a queued primary on hold: delivery skips it until released. True if it was queued. */
+  hold(id: string): Promise<boolean> {
+    return this.write(() => this.st.hold.run(id).changes === 1);
+  }
+
+  /** Releases a held primary; it is due at once. True if it was held. */
+  release(id: string, now = Date.now()): Promise<boolean> {
+    return this.write(() => this.st.release.run(now, id).changes === 1);
+  }
+
+  /** Makes a queued primary due at once (`queue retry`). True if it was queued. */
+  retryNow(id: string, now = Date.now()): Promise<boolean> {
+    return this.write(() => this.st.retryNow.run(now, id).changes === 1);
+  }
+
+  /** Makes every queued primary due at once (`queue flush`). Resolves with how many moved. */
+  retryAllNow(now = Date.now()): Promise<number> {
+    return this.write(() => this.st.retryAllNow.run(now, now).changes);
+  }
+
+  /**
+   * The operator deletes a primary (queued or held): it is purged without delivery and, in the
+   * same transaction, a discard is owed to the peer holding its shadow copy. Resolves with that
+   * peer's name (null when there was no shadow), or undefined when no such primary exists.
+   */
+  deletePrimary(id: string): Promise<string | null | undefined> {
+    return this.write(() => {
+      const msg = this.st.getMsg.get(id) as MessageRow | undefined;
+      if (!msg || msg.role !== 'primary' || msg.state === 'spooled') return undefined;
+      this.purgeLocked(msg);
+      return msg.shadow_peer;
+    });
+  }
+
+  /** Primaries whose last delivery attempt failed (Postfix's "deferred" queue), oldest first. */
+  deferredIds(): string[] {
+    return (this.st.deferredIds.all() as Array<{ id: string }>).map((r) => r.id);
+  }
+
+  /** Online backup to `dest` (SQLite backup API): consistent even while the daemon writes. */
+  async backup(dest: string): Promise<{ totalPages: number }> {
+    const r = await this.db.backup(dest);
+    return { totalPages: r.totalPages };
+  }
+
   // ---- recovery and inspection --------------------------------------------------
 
   /**
@@ -822,6 +895,36 @@ export class Spool {
     if (!s) return undefined;
     const { body } = this.st.getBody.get(id) as { body: Buffer };
     return { ...s, body };
+  }
+
+  detail(id: string): MessageDetail | undefined {
+    const s = this.get(id);
+    if (!s) return undefined;
+    const d = this.st.getDetail.get(id) as { client: string | null; origin_incarnation: string };
+    return { ...s, client: d.client, originIncarnation: d.origin_incarnation };
+  }
+
+  /** Counts and oldest arrival per role and state (for the queue gauges). */
+  queueStats(): QueueStat[] {
+    return (this.st.stats.all() as Array<{ role: Role; state: MessageState; n: number; oldest: number }>).map((r) => ({
+      role: r.role,
+      state: r.state,
+      count: r.n,
+      oldestReceivedAt: r.oldest,
+    }));
+  }
+
+  /** Bytes on disk: the database file and its write-ahead log. */
+  diskBytes(): number {
+    let n = 0;
+    for (const f of [this.file, `${this.file}-wal`]) {
+      try {
+        n += statSync(f).size;
+      } catch {
+        /* no WAL file yet */
+      }
+    }
+    return n;
   }
 
   list(): MessageSummary[] {

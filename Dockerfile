@@ -1,0 +1,40 @@
+# shadowrelay image: one relay node per container (see docker-compose.yml for a pair).
+# Build: docker build -t shadowrelay:local .
+# Run:   docker run -v /path/node.yaml:/etc/shadowrelay/shadowrelay.yaml:ro \
+#          -v /path/certs:/etc/shadowrelay/certs:ro -v spool:/var/lib/shadowrelay shadowrelay:local
+
+ARG NODE_VERSION=20
+
+# ---- build: compile TypeScript, then drop the development dependencies ----------------
+FROM node:${NODE_VERSION}-bookworm-slim AS build
+WORKDIR /app
+# better-sqlite3 compiles from source when no prebuilt binary matches the platform
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src ./src
+RUN npm run build && npm prune --omit=dev --no-audit --no-fund
+
+# ---- runtime: production dependencies and the compiled code only, non-root -------------
+FROM node:${NODE_VERSION}-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /app/package.json ./package.json
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist ./dist
+COPY README.md ./README.md
+# mount points owned by the unprivileged user, so fresh named volumes inherit that owner
+RUN mkdir -p /var/lib/shadowrelay /etc/shadowrelay/certs \
+ && chown -R node:node /var/lib/shadowrelay /etc/shadowrelay/certs
+USER node
+# the spool: keep it on a volume (losing it loses the copies this node holds)
+VOLUME ["/var/lib/shadowrelay"]
+# SMTP, replication link (mutual TLS); the admin endpoint stays on the container's loopback
+EXPOSE 2525 2625
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["node", "/app/dist/cli.js", "health", "--config", "/etc/shadowrelay/shadowrelay.yaml"]
+ENTRYPOINT ["node", "/app/dist/cli.js"]
+CMD ["start", "--config", "/etc/shadowrelay/shadowrelay.yaml"]
