@@ -139,6 +139,31 @@ describe('retry and give-up', () => {
   });
 });
 
+describe('DSN composition', () => {
+  it('types a non-ASCII recipient utf-8 (RFC 6533), folds long diagnostics, returns only the headers', async () => {
+    const { buildDsn, recipientFailure } = await import('../src/delivery/dsn.js');
+    const long = `550 5.7.1 ${'policy '.repeat(40)}rejected`;
+    const raw = await buildDsn({
+      reportingMta: 'relay-a.example.test',
+      queueId: 'ABCDEF0123',
+      sender: 'alice@example.test',
+      arrivalDate: new Date('2026-01-02T03:04:05Z'),
+      recipients: [recipientFailure('jörg@exämple.test', long, '127.0.0.1'), recipientFailure('bob@example.test', 'ESOCKET: connect ECONNREFUSED 127.0.0.1:25', '127.0.0.1')],
+      original: Buffer.from('Subject: hi\r\nFrom: alice@example.test\r\n\r\nsecret body\r\n'),
+    });
+    for (const line of raw.toString('utf8').split('\r\n')) expect(line.length).toBeLessThanOrEqual(998);
+    const mail = await simpleParser(raw, { keepDeliveryStatus: true });
+    const ds = deliveryStatus(mail);
+    expect(ds.message['arrival-date']).toBe('Fri, 02 Jan 2026 03:04:05 +0000');
+    expect(ds.recipients[0]).toMatchObject({ 'final-recipient': 'utf-8; jörg@exämple.test', status: '5.7.1', action: 'failed' });
+    expect(ds.recipients[0]!['diagnostic-code']).toBe(`smtp; ${long}`);
+    expect(ds.recipients[1]).toMatchObject({ 'final-recipient': 'rfc822; bob@example.test', status: '4.4.1' });
+    const headers = mail.attachments.find((a) => a.contentType === 'text/rfc822-headers')!.content.toString();
+    expect(headers).toContain('Subject: hi');
+    expect(headers).not.toContain('secret body');
+  });
+});
+
 describe('partial delivery', () => {
   it('the peer learns which recipients are done; a promotion delivers only the remaining one', async () => {
     const pair = await pairWith({}, { 'relay-b': { shadow: { promoteAfterMs: 3000 } } });
