@@ -109,7 +109,7 @@ it(`chaos: ${SECONDS} s of random relay and next-hop failures under load`, async
     say(`events: ${Object.entries(events).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     say(
       `relays logged: promoted ${logged('promoted')}, dropped after reconcile ${logged('dropped: the peer promoted and delivers this message')}, ` +
-        `duplicates detected ${logged('duplicate delivery: the origin and this node (after promotion) both delivered')}, ` +
+        `duplicates detected ${logged('duplicate risk: this node promoted and delivered a message its origin also finished (delivered it, or never answered its client)')}, ` +
         `orphans dropped ${logged('orphan shadow dropped: its primary does not hold the message')}`,
     );
     say(`FIGURES | ${formatFigures(f)}`);

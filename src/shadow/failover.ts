@@ -38,7 +38,10 @@ export interface FailoverCounters {
   promotions: number;
   /** promoted copies cancelled because the origin turned out to have delivered them */
   promotedCancelled: number;
-  /** messages (or recipients) both nodes delivered, as far as the pair can tell */
+  /**
+   * duplicate-risk events: a discard arrived for a copy this node had promoted and already
+   * delivered (the origin delivered it too, or never answered its client)
+   */
   duplicates: number;
   /** shadow copies dropped because their live primary did not know them */
   orphansDropped: number;
@@ -221,7 +224,7 @@ export class Failover {
     if (dups.length) (this.o.metrics ?? noMetrics).duplicateRisk('promoted_after_delivery', dups.length);
     for (const id of dups) {
       this.counters.duplicates++;
-      this.o.log.warn({ id, origin: peer }, 'duplicate delivery: the origin and this node (after promotion) both delivered');
+      this.o.log.warn({ id, origin: peer }, 'duplicate risk: this node promoted and delivered a message its origin also finished (delivered it, or never answered its client)');
     }
     return res.purged;
   }
