@@ -36,15 +36,13 @@ it(`chaos: ${SECONDS} s of random relay and next-hop failures under load`, async
   const lines: Array<Record<string, unknown>> = [];
   const start = async (n: NodeName) => {
     const p = await c.start(n);
-    const seen = p.lines.length;
-    lines.push(...p.lines.slice(0, seen));
-    p.proc.stdout!.on('data', () => undefined);
-    const collect = setInterval(() => lines.push(...p.lines.splice(0)), 200);
+    const drain = () => lines.push(...p.lines.splice(0));
+    drain();
+    const collect = setInterval(drain, 200);
     void p.exited.then(() => {
       clearInterval(collect);
-      lines.push(...p.lines.splice(0));
+      drain();
     });
-    p.lines.splice(0);
   };
   const events: Record<string, number> = {};
   const count = (e: string) => (events[e] = (events[e] ?? 0) + 1);
