@@ -7,7 +7,7 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
-import { parseHostPort, adminToken, loadConfig, ConfigError } from './config/index.js';
+import { parseHostPort, adminToken, loadConfig, ConfigError, maxShadowAgeMs } from './config/index.js';
 import { Spool } from './spool/index.js';
 import { ShadowLink } from './shadow/index.js';
 import { SmtpListener } from './smtp/index.js';
@@ -59,9 +59,21 @@ export class Relay {
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
     const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level, undefined, cfg.log.format);
     for (const w of secretFileWarnings(cfg)) log.warn(w, 'secret file is readable by group or others: chmod 600 it');
-    const spool = Spool.open(cfg.node.dataDir, { node: cfg.node.name });
-    const recovered = spool.recover();
+    const spool = Spool.open(cfg.node.dataDir, {
+      node: cfg.node.name,
+      busyTimeoutMs: cfg.spool.busyTimeoutMs,
+      maxSizeBytes: cfg.spool.maxSizeBytes,
+    });
+    const peerNames = cfg.shadow.peers.map((p) => p.name);
+    const recovered = spool.recover(peerNames);
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
+    const shadowAge = maxShadowAgeMs(cfg);
+    if (shadowAge < cfg.delivery.retry.maxAgeMs) {
+      log.warn(
+        { maxShadowAgeMs: shadowAge, maxAgeMs: cfg.delivery.retry.maxAgeMs },
+        'shadow.maxShadowAgeMs is shorter than delivery.retry.maxAgeMs: a peer drops copies its primary still retries',
+      );
+    }
 
     const tls = loadTlsMaterial(cfg).shadow;
     // the late-bound link lets the registry read peer state that exists only once built
@@ -69,9 +81,12 @@ export class Relay {
     const metrics = new Metrics(cfg.node.name, {
       queueStats: () => spool.queueStats(),
       peers: () => link?.peers() ?? [],
-      discardsPending: () => spool.counts().outbox,
+      discardsPending: () => spool.discardsPending(),
       spoolBytes: () => spool.diskBytes(),
     });
+    // the parts call each other through these late-bound closures (wired below)
+    let worker: DeliveryWorker | undefined;
+    let acceptorRef: ShadowedAcceptor | undefined;
     const shadow = new ShadowLink({
       nodeName: cfg.node.name,
       listen: parseHostPort(cfg.shadow.listen)!,
@@ -79,10 +94,15 @@ export class Relay {
       tls,
       timeoutMs: cfg.shadow.timeoutMs,
       heartbeatMs: cfg.shadow.heartbeatMs,
+      promoteAfterMs: cfg.shadow.promoteAfterMs,
+      maxShadowAgeMs: shadowAge,
+      reconcileIntervalMs: cfg.shadow.reconcileIntervalMs,
       maxMessageSize: cfg.smtp.maxMessageSize,
       spool,
       log,
       metrics,
+      onPromoted: () => worker?.wake(),
+      onReleased: () => worker?.wake(),
     });
     link = shadow;
     const delivery = new DeliveryWorker({
@@ -93,17 +113,34 @@ export class Relay {
       spool,
       log,
       onPurged: () => shadow.pumpDiscards(),
+      heldPeers: () => shadow.heldPeers(),
+      // a bounce is accepted like inbound mail: spooled, shadowed, then queued
+      submitBounce: async (b) => {
+        await acceptorRef!.accept(
+          {
+            id: b.id,
+            sender: b.sender,
+            recipients: b.recipients,
+            body: b.body,
+            receivedAt: b.receivedAt,
+            client: { address: 'local', helo: delivery.hostname },
+          },
+          { settles: b.settles },
+        );
+      },
       metrics,
     });
+    worker = delivery;
     const acceptor = new ShadowedAcceptor({
       spool,
       replicator: shadow,
-      peerNames: cfg.shadow.peers.map((p) => p.name),
+      peerNames,
       onFailure: cfg.shadow.onFailure,
       log,
       onAccepted: () => delivery.wake(),
       metrics,
     });
+    acceptorRef = acceptor;
     const smtp = new SmtpListener({
       hostname: cfg.smtp.hostname,
       maxMessageSize: cfg.smtp.maxMessageSize,
@@ -212,12 +249,18 @@ export class Relay {
     return this.reload(next);
   }
 
-  /** Graceful stop: no new clients, finish in-flight work, close the spool. Idempotent. */
+  /**
+   * Graceful stop, within node.shutdownTimeoutMs (plus shadow.timeoutMs for a message
+   * being accepted at the deadline): new clients get 421 4.3.2, transactions in progress
+   * finish, deliveries in flight finish, then the link and the spool close. Idempotent.
+   */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      this.log.info('stopping');
-      await this.smtp.close();
-      await this.delivery.stop();
+      const timeout = this.config.node.shutdownTimeoutMs;
+      const deadline = Date.now() + timeout;
+      this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      await this.smtp.drain(timeout);
+      await this.delivery.stop(Math.max(0, deadline - Date.now()));
       await this.shadow.stop();
       await this.admin.close();
       await this.spool.close();
