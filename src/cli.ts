@@ -45,6 +45,8 @@ program
       if (stopping) return;
       stopping = true;
       relay.log.info({ signal: sig }, 'signal received');
+      // a backstop: the stop is bounded, but never let a stuck part keep the process alive
+      setTimeout(() => process.exit(2), cfg.node.shutdownTimeoutMs + cfg.shadow.timeoutMs + 5000).unref();
       relay.stop().then(
         () => process.exit(0),
         () => process.exit(2),

@@ -7,7 +7,7 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from './config/index.js';
-import { parseHostPort, adminToken, loadConfig, ConfigError } from './config/index.js';
+import { parseHostPort, adminToken, loadConfig, ConfigError, maxShadowAgeMs } from './config/index.js';
 import type { Spool } from './spool/index.js';
 import { ThreadedSpool } from './spool/thread.js';
 import { ShadowLink } from './shadow/index.js';
@@ -60,12 +60,23 @@ export class Relay {
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
     const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level, undefined, cfg.log.format);
     for (const w of secretFileWarnings(cfg)) log.warn(w, 'secret file is readable by group or others: chmod 600 it');
-    // writes run on the spool's own thread (spool/thread.ts): fsyncs never stall the loop
-    const spool = await ThreadedSpool.openThreaded(cfg.node.dataDir, { node: cfg.node.name }, (err) =>
-      log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart'),
+    const peerNames = cfg.shadow.peers.map((p) => p.name);
+    // writes run on the spool's own thread (spool/thread.ts): fsyncs never stall the loop;
+    // recovery runs there when it opens the spool
+    const spool = await ThreadedSpool.openThreaded(
+      cfg.node.dataDir,
+      { node: cfg.node.name, busyTimeoutMs: cfg.spool.busyTimeoutMs, maxSizeBytes: cfg.spool.maxSizeBytes },
+      { recoverPeers: peerNames, onFatal: (err) => log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart') },
     );
-    const recovered = spool.recover();
+    const recovered = spool.recover(peerNames);
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
+    const shadowAge = maxShadowAgeMs(cfg);
+    if (shadowAge < cfg.delivery.retry.maxAgeMs) {
+      log.warn(
+        { maxShadowAgeMs: shadowAge, maxAgeMs: cfg.delivery.retry.maxAgeMs },
+        'shadow.maxShadowAgeMs is shorter than delivery.retry.maxAgeMs: a peer drops copies its primary still retries',
+      );
+    }
 
     const tls = loadTlsMaterial(cfg).shadow;
     // the late-bound link lets the registry read peer state that exists only once built
@@ -73,9 +84,12 @@ export class Relay {
     const metrics = new Metrics(cfg.node.name, {
       queueStats: () => spool.queueStats(),
       peers: () => link?.peers() ?? [],
-      discardsPending: () => spool.counts().outbox,
+      discardsPending: () => spool.discardsPending(),
       spoolBytes: () => spool.diskBytes(),
     });
+    // the parts call each other through these late-bound closures (wired below)
+    let worker: DeliveryWorker | undefined;
+    let acceptorRef: ShadowedAcceptor | undefined;
     const shadow = new ShadowLink({
       nodeName: cfg.node.name,
       listen: parseHostPort(cfg.shadow.listen)!,
@@ -83,10 +97,15 @@ export class Relay {
       tls,
       timeoutMs: cfg.shadow.timeoutMs,
       heartbeatMs: cfg.shadow.heartbeatMs,
+      promoteAfterMs: cfg.shadow.promoteAfterMs,
+      maxShadowAgeMs: shadowAge,
+      reconcileIntervalMs: cfg.shadow.reconcileIntervalMs,
       maxMessageSize: cfg.smtp.maxMessageSize,
       spool,
       log,
       metrics,
+      onPromoted: () => worker?.wake(),
+      onReleased: () => worker?.wake(),
     });
     link = shadow;
     const delivery = new DeliveryWorker({
@@ -97,17 +116,34 @@ export class Relay {
       spool,
       log,
       onPurged: () => shadow.pumpDiscards(),
+      heldPeers: () => shadow.heldPeers(),
+      // a bounce is accepted like inbound mail: spooled, shadowed, then queued
+      submitBounce: async (b) => {
+        await acceptorRef!.accept(
+          {
+            id: b.id,
+            sender: b.sender,
+            recipients: b.recipients,
+            body: b.body,
+            receivedAt: b.receivedAt,
+            client: { address: 'local', helo: delivery.hostname },
+          },
+          { settles: b.settles },
+        );
+      },
       metrics,
     });
+    worker = delivery;
     const acceptor = new ShadowedAcceptor({
       spool,
       replicator: shadow,
-      peerNames: cfg.shadow.peers.map((p) => p.name),
+      peerNames,
       onFailure: cfg.shadow.onFailure,
       log,
       onAccepted: () => delivery.wake(),
       metrics,
     });
+    acceptorRef = acceptor;
     const smtp = new SmtpListener({
       hostname: cfg.smtp.hostname,
       maxMessageSize: cfg.smtp.maxMessageSize,
@@ -217,12 +253,18 @@ export class Relay {
     return this.reload(next);
   }
 
-  /** Graceful stop: no new clients, finish in-flight work, close the spool. Idempotent. */
+  /**
+   * Graceful stop, within node.shutdownTimeoutMs (plus shadow.timeoutMs for a message
+   * being accepted at the deadline): new clients get 421 4.3.2, transactions in progress
+   * finish, deliveries in flight finish, then the link and the spool close. Idempotent.
+   */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
-      this.log.info('stopping');
-      await this.smtp.close();
-      await this.delivery.stop();
+      const timeout = this.config.node.shutdownTimeoutMs;
+      const deadline = Date.now() + timeout;
+      this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      await this.smtp.drain(timeout);
+      await this.delivery.stop(Math.max(0, deadline - Date.now()));
       await this.shadow.stop();
       await this.admin.close();
       await this.spool.close();

@@ -5,6 +5,7 @@
  */
 import { SMTPServer } from 'smtp-server';
 import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
 
 export interface SinkMessage {
   from: string;
@@ -29,6 +30,7 @@ export class Sink extends EventEmitter {
   readonly messages: SinkMessage[] = [];
   private readonly server: SMTPServer;
   private readonly attempts = new Map<string, number>();
+  private readonly sockets = new Set<Socket>();
   port = 0;
   /** decides per recipient; null accepts */
   rcptPolicy: RcptPolicy | null = null;
@@ -80,6 +82,10 @@ export class Sink extends EventEmitter {
       },
     });
     this.server.on('error', () => {});
+    this.server.server.on('connection', (s: Socket) => {
+      this.sockets.add(s);
+      s.once('close', () => this.sockets.delete(s));
+    });
   }
 
   listen(port = 0, host = '127.0.0.1'): Promise<number> {
@@ -95,5 +101,11 @@ export class Sink extends EventEmitter {
 
   close(): Promise<void> {
     return new Promise((r) => this.server.close(() => r()));
+  }
+
+  /** Stops at once, cutting every open connection (a next hop that crashed). */
+  kill(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    return new Promise((r) => this.server.server.close(() => r()));
   }
 }

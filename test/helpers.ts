@@ -20,10 +20,11 @@ import { Relay } from '../src/relay.js';
 import { Sink } from '../src/sink.js';
 import { writePairConfigs, type PairFiles } from '../src/pair.js';
 import { waitFor } from '../src/core/wait.js';
+import { freePort } from '../src/core/net.js';
 
 export { waitFor } from '../src/core/wait.js';
-export { Sink } from '../src/sink.js';
 export { freePort } from '../src/core/net.js';
+export { Sink } from '../src/sink.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
 export const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -55,17 +56,22 @@ export interface Pair {
   dir: string;
   logs: Record<string, Array<Record<string, unknown>>>;
   start(name: 'relay-a' | 'relay-b'): Promise<Relay>;
+  /** with `sinkDown`: the next hop starts listening now (on the port the configs name) */
+  openSink(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startPair(
   overrides: Record<string, unknown> = {},
   nodeOverrides: Record<string, Record<string, unknown>> = {},
+  opts: { sinkDown?: boolean } = {},
   attempt = 1,
 ): Promise<Pair> {
   const { dir, cleanup } = tmpDir();
   const sink = new Sink();
-  const sinkPort = await sink.listen();
+  // a next hop that is down: the configs name a port nothing listens on yet
+  const sinkPort = opts.sinkDown ? await freePort() : await sink.listen();
+  let sinkOpen = !opts.sinkDown;
   const files = await writePairConfigs({ dir, sinkPort, overrides, nodeOverrides });
   const logs: Record<string, Array<Record<string, unknown>>> = {};
   const running = new Map<string, Relay>();
@@ -86,9 +92,9 @@ export async function startPair(
     // other's); another process on this busy machine may take one in between: pick again
     if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 3) throw e;
     await Promise.all([...running.values()].map((r) => r.stop()));
-    await sink.close();
+    if (sinkOpen) await sink.close();
     cleanup();
-    return startPair(overrides, nodeOverrides, attempt + 1);
+    return startPair(overrides, nodeOverrides, opts, attempt + 1);
   }
   await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
   const pair: Pair = {
@@ -104,9 +110,13 @@ export async function startPair(
       else pair.b = r;
       return r;
     },
+    openSink: async () => {
+      await sink.listen(sinkPort);
+      sinkOpen = true;
+    },
     stop: async () => {
       await Promise.all([...running.values()].map((r) => r.stop()));
-      await sink.close();
+      if (sinkOpen) await sink.close();
       cleanup();
     },
   };
@@ -163,9 +173,23 @@ export const queueIdOf = (response: string): string => {
 };
 
 /** Opens a node's spool database read-only from the test, like an operator would. */
-export function peekSpool(dataDir: string): { ids: (role?: string) => string[]; close: () => void } {
+export function peekSpool(dataDir: string): {
+  ids: (role?: string) => string[];
+  /** rows in messages, outboxes and promotion records: 0 when the node holds and owes nothing */
+  total: () => number;
+  close: () => void;
+} {
   const db = new Database(path.join(dataDir, 'spool.db'), { readonly: true });
   return {
+    total: () =>
+      (
+        db
+          .prepare(
+            `SELECT (SELECT COUNT(*) FROM messages) + (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_rcpt)
+                  + (SELECT COUNT(*) FROM promoted) AS n`,
+          )
+          .get() as { n: number }
+      ).n,
     ids: (role?: string) =>
       (role
         ? (db.prepare('SELECT id FROM messages WHERE role=?').all(role) as Array<{ id: string }>)
@@ -342,6 +366,18 @@ export function startNodeProcess(configFile: string, name: string, timeoutMs = 2
       reject(new Error(`${name} exited with ${code} before starting: ${stderr}`));
     });
   });
+}
+
+/** Waits until a child node logged a line matching `pred`; resolves with that line. */
+export async function waitForLine(
+  node: { lines: Array<Record<string, unknown>> },
+  pred: (l: Record<string, unknown>) => boolean,
+  timeoutMs: number,
+  what: string,
+): Promise<Record<string, unknown>> {
+  let found: Record<string, unknown> | undefined;
+  await waitFor(() => (found = node.lines.find(pred)) !== undefined, timeoutMs, what);
+  return found!;
 }
 
 export function writeFile(file: string, text: string): string {

@@ -25,7 +25,7 @@ const msg = (id: string, body = 'Subject: t\r\n\r\nhello\r\n') => ({
 async function open(): Promise<{ spool: ThreadedSpool; dir: string; fatal: Error[] }> {
   const { dir, cleanup } = tmpDir('sr-spool-thread-');
   const fatal: Error[] = [];
-  const spool = await ThreadedSpool.openThreaded(dir, { node: 'relay-a' }, (e) => fatal.push(e));
+  const spool = await ThreadedSpool.openThreaded(dir, { node: 'relay-a' }, { onFatal: (e) => fatal.push(e) });
   cleanups.push(cleanup, () => spool.close());
   return { spool, dir, fatal };
 }
@@ -58,7 +58,7 @@ describe('threaded spool', () => {
     await Promise.all(ids.map((id) => spool.spoolPrimary(msg(id))));
     await Promise.all(ids.map((id) => spool.markAccepted(id, 'relay-b')));
     const r = await spool.recordAttempt(ids[0]!, [{ idx: 0, state: 'delivered' }, { idx: 1, state: 'delivered' }], Date.now(), null);
-    expect(r).toEqual({ purged: true, pending: 0 });
+    expect(r).toMatchObject({ purged: true, pending: 0 });
     expect(spool.owedDiscards('relay-b', 10)).toEqual([ids[0]]);
     expect(spool.counts()).toEqual({ primary: 50, shadow: 1, outbox: 1 });
     await spool.close();

@@ -372,6 +372,7 @@ async function leakCheck(minutes: number): Promise<LeakCheck> {
       acceptedPerSec: round2((r.ok / r.wallMs) * 1000),
       p99Ms: nul(percentile(r.latencies, 99)),
       nodes: out,
+      grew: minutes < 3 ? null : grew.length > 0,
       verdict:
         minutes < 3
           ? 'run too short to judge growth (needs ≥ 3 minutes)'

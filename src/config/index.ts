@@ -117,6 +117,8 @@ const schema = z
       .object({
         name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
         dataDir: z.string().min(1),
+        // SIGTERM/SIGINT: how long transactions and deliveries in flight may take to finish
+        shutdownTimeoutMs: positiveInt.default(30000),
       })
       .strict(),
     smtp: z
@@ -149,8 +151,24 @@ const schema = z
         onFailure: z.enum(['reject', 'accept']).default('reject'),
         heartbeatMs: positiveInt.default(5000),
         promoteAfterMs: positiveInt.default(60000),
+        // default: 2 days (Exchange) or the queue lifetime + 1 day, whichever is longer
+        maxShadowAgeMs: positiveInt.optional(),
+        reconcileIntervalMs: positiveInt.default(30000),
       })
       .strict(),
+    spool: z
+      .object({
+        // 0 = no cap; otherwise at least 1 MiB
+        maxSizeBytes: z
+          .number()
+          .int()
+          .min(0)
+          .refine((n) => n === 0 || n >= 1048576, { message: 'must be 0 (no cap) or at least 1048576' })
+          .default(0),
+        busyTimeoutMs: z.number().int().min(0).default(1000),
+      })
+      .strict()
+      .default({ maxSizeBytes: 0, busyTimeoutMs: 1000 }),
     delivery: z
       .object({
         nextHop: z
@@ -200,6 +218,16 @@ const schema = z
   .strict();
 
 export type Config = z.infer<typeof schema> & { file: string };
+
+const TWO_DAYS_MS = 2 * 86400_000;
+
+/**
+ * Shadow copies must outlive their primary's retries: a copy dropped while its primary
+ * still retries is lost if that primary then dies.
+ */
+export function maxShadowAgeMs(cfg: Config): number {
+  return cfg.shadow.maxShadowAgeMs ?? Math.max(TWO_DAYS_MS, cfg.delivery.retry.maxAgeMs + 86400_000);
+}
 
 function describeIssue(issue: z.core.$ZodIssue): string {
   const key = issue.path.map(String).join('.');

@@ -5,12 +5,16 @@
  * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
  * a discard is owed to the peers in case one stored a late copy. With the operator's
  * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
+ * Bounces take the same path (`settles` marks the failed recipients they report, in the same
+ * transaction). If dropping an unacknowledged copy fails (storage error), the drop is retried
+ * in the background: a 'spooled' row left behind would make the peer's late copy look known.
  */
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import type { Acceptor, InboundMessage } from '../smtp/index.js';
 import { reply } from '../smtp/replies.js';
 import type { ReplicateInput } from '../shadow/index.js';
+import type { RecipientDiscard } from '../spool/index.js';
 import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface Replicator {
@@ -49,7 +53,7 @@ export class ShadowedAcceptor implements Acceptor {
     this.o.onFailure = onFailure;
   }
 
-  async accept(m: InboundMessage): Promise<string> {
+  async accept(m: InboundMessage, opts: { settles?: RecipientDiscard } = {}): Promise<string> {
     const { spool, log } = this.o;
     const t0 = process.hrtime.bigint();
     const client = m.client.address;
@@ -72,7 +76,8 @@ export class ShadowedAcceptor implements Acceptor {
       this.counters.refusedStorage++;
       this.metrics.refused('storage');
       log.error({ id: m.id, err: localErr.message }, 'spool write failed');
-      void shadow.then((r) => (r.err ? undefined : spool.dropUnacked(m.id, this.o.peerNames))).catch(() => undefined);
+      // the peer may have stored its copy meanwhile: owe it a discard (retried while the spool fails)
+      void shadow.then((r) => (r.err ? undefined : this.drop(m.id)));
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
@@ -90,17 +95,17 @@ export class ShadowedAcceptor implements Acceptor {
       } else {
         this.counters.refusedShadow++;
         this.metrics.refused('shadow_unconfirmed');
-        await spool.dropUnacked(m.id, this.o.peerNames).catch((e: Error) => log.error({ id: m.id, err: e.message }, 'drop failed'));
+        await this.drop(m.id);
         log.warn({ id: m.id, reason }, 'refused: shadow copy not confirmed');
         throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
       }
     }
     try {
-      await spool.markAccepted(m.id, peer);
+      await spool.markAccepted(m.id, peer, opts.settles);
     } catch (err) {
       this.counters.refusedStorage++;
       this.metrics.refused('storage');
-      await spool.dropUnacked(m.id, this.o.peerNames).catch(() => undefined);
+      await this.drop(m.id);
       log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
@@ -110,5 +115,30 @@ export class ShadowedAcceptor implements Acceptor {
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, shadowPeer: peer, shadowMs }, 'accepted');
     this.o.onAccepted(m.id);
     return `2.0.0 Ok: queued as ${m.id}`;
+  }
+
+  /** Drops an unacknowledged copy; on a storage error keeps trying in the background. */
+  private async drop(id: string): Promise<void> {
+    const { spool, log } = this.o;
+    try {
+      await spool.dropUnacked(id, this.o.peerNames);
+      return;
+    } catch (e) {
+      log.error({ id, err: (e as Error).message }, 'could not drop the unacknowledged copy; retrying');
+    }
+    void (async () => {
+      for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {
+        await new Promise((r) => setTimeout(r, wait).unref());
+        try {
+          await spool.dropUnacked(id, this.o.peerNames);
+          log.info({ id }, 'unacknowledged copy dropped');
+          return;
+        } catch (e) {
+          // once the spool is closed, the start-up recovery drops it
+          if (spool.isClosed) return;
+          log.error({ id, err: (e as Error).message }, 'could not drop the unacknowledged copy; retrying');
+        }
+      }
+    })();
   }
 }

@@ -9,13 +9,26 @@
  * - Failures are judged per recipient: 2xx → delivered; 5xx → failed (permanent);
  *   4xx, timeouts and connection errors → still pending, retried with exponential backoff
  *   between `retry.initialMs` and `retry.maxMs` with jitter. Only pending recipients are retried.
- * - When no recipient is pending the spool purges the message and owes the peer a discard.
+ * - Give-up: a recipient still pending after an attempt once the message is older than
+ *   `retry.maxAgeMs` fails (expired), keeping its last error.
+ * - Failed recipients get one RFC 3464 bounce (dsn.ts) to the envelope sender, accepted
+ *   through the same path as inbound mail (spooled, shadowed, then queued) in the same
+ *   transaction that marks them reported; if it cannot be accepted now (peer down), the
+ *   message stays and the bounce is retried with backoff. A message from `<>` never bounces.
+ * - A recipient finished while others are pending owes the peer a recipient-level discard
+ *   (spool), so a promotion delivers only the rest. When nothing is left the spool purges
+ *   the message and owes the peer a discard.
+ * - If the spool cannot record an outcome (locked, full), the worker keeps the result and
+ *   retries the write instead of sending again.
+ * - Messages shadowed on a peer this node must first reconcile with are held (heldPeers).
  * - Next-hop TLS and AUTH options come from tls.ts; under `tls: required` a send that could
  *   not get verified TLS is a temporary failure (nothing was sent; the reason is recorded).
  */
 import { SmtpPool, type RawTransport } from './pool.js';
 import type { Logger } from 'pino';
-import type { Spool, RecipientOutcome } from '../spool/index.js';
+import type { Spool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
+import { buildDsn, recipientFailure } from './dsn.js';
+import { newQueueId } from '../core/ids.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
@@ -28,7 +41,11 @@ export interface DeliveryOptions {
   log: Logger;
   /** called after a message left the queue (all recipients final) */
   onPurged?: (id: string) => void;
-  metrics?: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
+  /** peers whose shadowed messages must not be delivered yet (reconcile first) */
+  heldPeers?: () => string[];
+  /** accepts a bounce like an inbound message (spool + shadow); resolves once queued */
+  submitBounce?: (b: Bounce) => Promise<void>;
+  metrics?: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt' | 'duplicateRisk'>;
 }
 
 /** What a config reload may change while the worker runs. */
@@ -39,11 +56,34 @@ export interface DeliverySettings {
   hostname: string;
 }
 
+/** A bounce to be accepted; `settles` marks the failed recipients it reports. */
+export interface Bounce {
+  id: string;
+  sender: '';
+  recipients: string[];
+  body: Buffer;
+  receivedAt: number;
+  settles: RecipientDiscard;
+}
+
 export interface DeliveryCounters {
   attempts: number;
+  /** recipients */
   delivered: number;
   deferred: number;
   failed: number;
+  /** recipients given up on after retry.maxAgeMs */
+  expired: number;
+  /** bounces accepted (queued and shadowed) */
+  bounces: number;
+  /** bounce attempts not accepted yet (retried) */
+  bouncesDeferred: number;
+  /** failures of null-sender messages: logged, no bounce */
+  bouncesSuppressed: number;
+  /** messages cancelled (promoted by the peer, discard) while this node was sending them */
+  cancelledInFlight: number;
+  /** outcome writes retried after a storage error */
+  recordRetries: number;
 }
 
 interface SmtpError extends Error {
@@ -69,13 +109,26 @@ export function backoffMs(attempts: number, initialMs: number, maxMs: number, ra
 const POLL_MS = 1000;
 
 export class DeliveryWorker {
-  readonly counters: DeliveryCounters = { attempts: 0, delivered: 0, deferred: 0, failed: 0 };
+  readonly counters: DeliveryCounters = {
+    attempts: 0,
+    delivered: 0,
+    deferred: 0,
+    failed: 0,
+    expired: 0,
+    bounces: 0,
+    bouncesDeferred: 0,
+    bouncesSuppressed: 0,
+    cancelledInFlight: 0,
+    recordRetries: 0,
+  };
   private transport: RawTransport;
-  private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt'>;
+  private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt' | 'duplicateRisk'>;
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   private scheduled = false;
+  /** set when stop() gave up waiting: in-flight work stops retrying */
+  private aborted = false;
 
   constructor(private readonly o: DeliveryOptions) {
     this.metrics = o.metrics ?? noMetrics;
@@ -105,6 +158,11 @@ export class DeliveryWorker {
     this.wake();
   }
 
+  /** The name this node uses towards the next hop (and in its bounces); follows reloads. */
+  get hostname(): string {
+    return this.o.hostname;
+  }
+
   start(): void {
     this.running = true;
     this.wake();
@@ -123,23 +181,30 @@ export class DeliveryWorker {
   private scan(): void {
     if (!this.running) return;
     clearTimeout(this.timer);
-    const free = this.o.concurrency - this.inflight.size;
-    if (free > 0) {
-      const now = Date.now();
-      // ask for more than we can take: some of the due ids may already be in flight
-      for (const id of this.o.spool.due(now, free + this.inflight.size)) {
-        if (this.inflight.size >= this.o.concurrency) break;
-        if (this.inflight.has(id)) continue;
-        const p = this.deliver(id)
-          .catch((err: Error) => this.o.log.error({ id, err: err.message }, 'delivery attempt failed internally'))
-          .finally(() => {
-            this.inflight.delete(id);
-            this.wake();
-          });
-        this.inflight.set(id, p);
+    let next: number | null = null;
+    try {
+      const held = this.o.heldPeers?.() ?? [];
+      const free = this.o.concurrency - this.inflight.size;
+      if (free > 0) {
+        const now = Date.now();
+        // ask for more than we can take: some of the due ids may already be in flight
+        for (const id of this.o.spool.due(now, free + this.inflight.size, held)) {
+          if (this.inflight.size >= this.o.concurrency) break;
+          if (this.inflight.has(id)) continue;
+          const p = this.deliver(id)
+            .catch((err: Error) => this.o.log.error({ id, err: err.message }, 'delivery attempt failed internally'))
+            .finally(() => {
+              this.inflight.delete(id);
+              this.wake();
+            });
+          this.inflight.set(id, p);
+        }
       }
+      next = this.o.spool.nextDueAt(held);
+    } catch (err) {
+      // a storage error must not stop the worker: look again on the next poll
+      this.o.log.error({ err: (err as Error).message }, 'delivery scan failed');
     }
-    const next = this.o.spool.nextDueAt();
     const delay = next === null ? POLL_MS : Math.min(POLL_MS, Math.max(10, next - Date.now()));
     this.timer = setTimeout(() => this.scan(), delay);
     this.timer.unref();
@@ -149,7 +214,16 @@ export class DeliveryWorker {
     const m = this.o.spool.getWithBody(id);
     if (!m || m.role !== 'primary' || m.state !== 'queued') return;
     const pending = m.recipients.filter((r) => r.state === 'pending');
-    if (pending.length === 0) return;
+    if (pending.length > 0) {
+      const result = await this.attempt(m, pending);
+      if (result.gone || result.purged || result.unreported === 0) return;
+    }
+    await this.bounce(id);
+  }
+
+  /** One SMTP transaction for the pending recipients; records and logs their outcomes. */
+  private async attempt(m: MessageWithBody, pending: RecipientRow[]): Promise<AttemptResult> {
+    const id = m.id;
     this.counters.attempts++;
     const started = process.hrtime.bigint();
     const relay = `${this.o.nextHop.host}:${this.o.nextHop.port}`;
@@ -184,36 +258,125 @@ export class DeliveryWorker {
     // a recipient nodemailer did not report on stays pending
     for (const idx of byAddress.values()) outcomes.push({ idx, state: 'pending', error: summary });
 
+    // give up on what is still pending once the queue lifetime has passed
+    const expired = new Set<number>();
+    if (Date.now() - m.receivedAt >= this.o.retry.maxAgeMs) {
+      for (const o of outcomes) {
+        if (o.state !== 'pending') continue;
+        o.state = 'failed';
+        o.error = o.error ?? summary;
+        expired.add(o.idx);
+      }
+    }
+
     this.metrics.deliveryAttempt(Number(process.hrtime.bigint() - started) / 1e9);
     const attempts = m.attempts + 1;
     const next = Date.now() + backoffMs(attempts, this.o.retry.initialMs, this.o.retry.maxMs);
     const anyPending = outcomes.some((o) => o.state === 'pending');
-    const result = await this.o.spool.recordAttempt(id, outcomes, next, anyPending ? summary : null);
+    const result = await this.record(id, outcomes, next, anyPending ? summary : null);
     const delay = (Date.now() - m.receivedAt) / 1000;
     for (const o of outcomes) {
       const to = m.recipients[o.idx]!.address;
-      const status = o.state === 'delivered' ? 'sent' : o.state === 'failed' ? 'bounced' : 'deferred';
+      const status = o.state === 'delivered' ? 'sent' : expired.has(o.idx) ? 'expired' : o.state === 'failed' ? 'bounced' : 'deferred';
       const response = o.error ?? summary;
-      const dsn = dsnOf(response, o.state === 'delivered' ? '2.0.0' : o.state === 'failed' ? '5.0.0' : '4.0.0');
+      const dsn = dsnOf(response, o.state === 'delivered' ? '2.0.0' : o.state === 'failed' && !expired.has(o.idx) ? '5.0.0' : '4.0.0');
+      // an expired recipient is bounced like a refused one
       this.metrics.delivery(o.state === 'delivered' ? 'delivered' : o.state === 'failed' ? 'bounced' : 'deferred', delay);
       if (o.state === 'delivered') this.counters.delivered++;
+      else if (expired.has(o.idx)) this.counters.expired++;
       else if (o.state === 'failed') this.counters.failed++;
       else this.counters.deferred++;
       const line = { id, to, relay, delay, dsn, status, response };
       if (o.state === 'delivered') this.o.log.info(line, 'delivered');
       else this.o.log.warn(line, status);
     }
-    if (result.purged) {
+    if (result.gone) {
+      if (outcomes.some((o) => o.state === 'delivered')) {
+        this.counters.cancelledInFlight++;
+        this.metrics.duplicateRisk('promoted_after_delivery');
+        this.o.log.warn({ id }, 'duplicate risk: the message was cancelled (its peer delivered it) while this node sent it');
+      }
+    } else if (result.purged) {
+      this.o.log.info({ id }, 'removed');
+      this.o.onPurged?.(id);
+    }
+    return result;
+  }
+
+  /** Records an attempt; on a storage error retries the write (sending again would duplicate). */
+  private async record(id: string, outcomes: RecipientOutcome[], next: number, error: string | null): Promise<AttemptResult> {
+    for (let wait = 100; ; wait = Math.min(wait * 2, 5000)) {
+      try {
+        return await this.o.spool.recordAttempt(id, outcomes, next, error);
+      } catch (err) {
+        if (this.aborted || this.o.spool.isClosed) throw err;
+        this.counters.recordRetries++;
+        this.o.log.error({ id, err: (err as Error).message, retryInMs: wait }, 'could not record the delivery outcome; retrying the write');
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  /** One bounce for the failed, not yet reported recipients of a message. */
+  private async bounce(id: string): Promise<void> {
+    const m = this.o.spool.getWithBody(id);
+    if (!m) return;
+    const failed = m.recipients.filter((r) => r.state === 'failed' && !r.reported);
+    if (failed.length === 0) return;
+    const idx = failed.map((r) => r.idx);
+    if (m.sender === '') {
+      // RFC 5321 §4.5.5: never bounce a bounce
+      const r = await this.o.spool.settleFailures(id, idx);
+      this.counters.bouncesSuppressed++;
+      this.o.log.warn({ id, to: failed.map((f) => f.address) }, 'bounce suppressed: the message has the null sender <>');
+      if (r.purged) {
+        this.o.log.info({ id }, 'removed');
+        this.o.onPurged?.(id);
+      }
+      return;
+    }
+    const bounceId = newQueueId();
+    try {
+      if (!this.o.submitBounce) throw new Error('no bounce path configured');
+      const body = await buildDsn({
+        reportingMta: this.o.hostname,
+        queueId: id,
+        sender: m.sender,
+        arrivalDate: new Date(m.receivedAt),
+        recipients: failed.map((r) => recipientFailure(r.address, r.lastError, this.o.nextHop.host)),
+        original: m.body,
+      });
+      await this.o.submitBounce({ id: bounceId, sender: '', recipients: [m.sender], body, receivedAt: Date.now(), settles: { id, idx } });
+    } catch (err) {
+      this.counters.bouncesDeferred++;
+      const wait = backoffMs(m.attempts + 1, this.o.retry.initialMs, this.o.retry.maxMs);
+      this.o.log.warn({ id, reason: (err as Error).message, retryInMs: wait }, 'bounce not accepted yet; retrying later');
+      await this.o.spool.deferUntil(id, Date.now() + wait).catch(() => undefined);
+      return;
+    }
+    this.counters.bounces++;
+    this.o.log.info({ id, bounce: bounceId, to: m.sender, failed: failed.map((f) => f.address) }, 'bounce queued');
+    if (!this.o.spool.get(id)) {
       this.o.log.info({ id }, 'removed');
       this.o.onPurged?.(id);
     }
   }
 
-  /** Stops picking new work, waits for sends in flight, closes the transport. */
-  async stop(): Promise<void> {
+  /**
+   * Stops picking new work and waits for sends in flight — at most `deadlineMs`, then the
+   * transport is closed under them (their outcome is unknown: they are retried after restart).
+   */
+  async stop(deadlineMs = 30000): Promise<void> {
     this.running = false;
     clearTimeout(this.timer);
-    await Promise.allSettled([...this.inflight.values()]);
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), deadlineMs)));
+    const r = await Promise.race([Promise.allSettled([...this.inflight.values()]), expired]);
+    clearTimeout(timer);
+    if (r === 'timeout') {
+      this.aborted = true;
+      this.o.log.warn({ inflight: this.inflight.size }, 'delivery stop deadline reached with sends in flight');
+    }
     this.transport.close();
   }
 }

@@ -8,8 +8,8 @@
  * - Live: smtp limits, hostname, allowedNetworks, smtp.tls (STARTTLS certificates), the
  *   replication link's certificates (shadow.tls), shadow.timeoutMs and onFailure, the next
  *   hop and delivery settings, admin token, log level.
- * - Restart only: node.*, the three listen addresses, shadow.peers, heartbeat/promotion timers,
- *   log.format, smtp.maxBytesInFlight.
+ * - Restart only: node.*, spool.*, the three listen addresses, shadow.peers, heartbeat,
+ *   promotion, reconcile and shadow-age timers, log.format, smtp.maxBytesInFlight.
  */
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
@@ -23,6 +23,9 @@ export const RESTART_ONLY: ReadonlyArray<string> = [
   'shadow.peers',
   'shadow.heartbeatMs',
   'shadow.promoteAfterMs',
+  'shadow.maxShadowAgeMs',
+  'shadow.reconcileIntervalMs',
+  'spool',
   'admin.listen',
   'log.format',
   'smtp.maxBytesInFlight',

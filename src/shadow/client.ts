@@ -6,13 +6,15 @@ import http2 from 'node:http2';
 import tls from 'node:tls';
 import type { TlsFiles } from './server.js';
 import { WINDOW } from './server.js';
-import { encodePutParts, type PutMeta, type HeartbeatBody } from './protocol.js';
+import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody } from './protocol.js';
 
 export class PeerError extends Error {
   constructor(
     message: string,
     /** 'timeout' | 'unreachable' | 'refused' */
     readonly kind: 'timeout' | 'unreachable' | 'refused',
+    /** the HTTP status of a refusal */
+    readonly status?: number,
   ) {
     super(message);
   }
@@ -129,7 +131,7 @@ export class PeerClient {
       } catch {
         /* not JSON */
       }
-      throw new PeerError(`peer ${this.o.name} refused: ${r.status} ${msg}`, 'refused');
+      throw new PeerError(`peer ${this.o.name} refused: ${r.status} ${msg}`, 'refused', r.status);
     }
     return JSON.parse(r.body.toString('utf8')) as T;
   }
@@ -140,9 +142,39 @@ export class PeerClient {
     return r.result;
   }
 
-  async discard(ids: string[], timeoutMs: number): Promise<number> {
-    const r = await this.json<{ purged: number }>('POST', '/v1/discard', Buffer.from(JSON.stringify({ ids })), timeoutMs, 200);
+  async discard(body: DiscardBody, timeoutMs: number): Promise<number> {
+    const r = await this.json<{ purged: number }>('POST', '/v1/discard', Buffer.from(JSON.stringify(body)), timeoutMs, 200);
     return r.purged;
+  }
+
+  /** Asks the peer which of our messages it promoted (for our current incarnation). */
+  async reconcile(incarnation: string, timeoutMs: number): Promise<string[]> {
+    let r: { promoted: unknown };
+    try {
+      r = await this.json<{ promoted: unknown }>('POST', '/v1/reconcile', Buffer.from(JSON.stringify({ incarnation })), timeoutMs, 200);
+    } catch (e) {
+      // a peer of a version without promotion (rolling upgrade) never promoted anything
+      if (e instanceof PeerError && e.status === 404) return [];
+      throw e;
+    }
+    if (!Array.isArray(r.promoted) || !r.promoted.every((x) => typeof x === 'string')) {
+      throw new PeerError(`peer ${this.o.name}: malformed reconcile answer`, 'refused');
+    }
+    return r.promoted as string[];
+  }
+
+  async reconcileDone(ids: string[], timeoutMs: number): Promise<number> {
+    const r = await this.json<{ forgotten: number }>('POST', '/v1/reconcile/done', Buffer.from(JSON.stringify({ ids })), timeoutMs, 200);
+    return r.forgotten;
+  }
+
+  /** Asks the primary which of these ids it still holds. */
+  async known(ids: string[], timeoutMs: number): Promise<string[]> {
+    const r = await this.json<{ known: unknown }>('POST', '/v1/known', Buffer.from(JSON.stringify({ ids })), timeoutMs, 200);
+    if (!Array.isArray(r.known) || !r.known.every((x) => typeof x === 'string')) {
+      throw new PeerError(`peer ${this.o.name}: malformed known answer`, 'refused');
+    }
+    return r.known as string[];
   }
 
   async heartbeat(me: HeartbeatBody, timeoutMs: number): Promise<HeartbeatBody> {

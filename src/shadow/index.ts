@@ -9,17 +9,23 @@
  *   within `timeoutMs`. The caller answers 250 only after that.
  * - Discards: the spool's outbox holds discards owed to each peer; a pump sends them in
  *   batches and deletes them only once the peer confirms (retried until then).
- * - Heartbeats every `heartbeatMs` keep the peer's liveness and incarnation known.
- * - Promotion and reconcile build on these (see README "Failure handling").
+ * - Discards are whole-message (every recipient done) or recipient-level (some done, so a
+ *   promotion delivers only the rest).
+ * - Heartbeats every `heartbeatMs` keep the peer's liveness and incarnation known; any
+ *   successful exchange in either direction counts as contact.
+ * - Promotion, reconcile, orphan and age checks live in failover.ts (summary there; README
+ *   "Failure handling").
  */
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import { PeerClient, PeerError } from './client.js';
 import { ShadowServer, type TlsFiles } from './server.js';
+import { Failover, type FailoverCounters } from './failover.js';
 import { parseHostPort } from '../config/index.js';
 import type { RelayMetrics } from '../ops/metrics.js';
 
 export { PeerError } from './client.js';
+export type { FailoverCounters } from './failover.js';
 
 export interface ShadowLinkOptions {
   nodeName: string;
@@ -28,11 +34,26 @@ export interface ShadowLinkOptions {
   tls: TlsFiles;
   timeoutMs: number;
   heartbeatMs: number;
+  promoteAfterMs: number;
+  maxShadowAgeMs: number;
+  reconcileIntervalMs: number;
   maxMessageSize: number;
   spool: Spool;
   log: Logger;
-  /** promotion and reconcile (issue 3) report promotions and duplicate-risk events here */
+  /** shadow copies were promoted: there is new work for the delivery worker */
+  onPromoted?: () => void;
+  /** a reconcile lifted a hold on delivery */
+  onReleased?: () => void;
+  /** promotion and reconcile report promotions and duplicate-risk events here */
   metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
+}
+
+/** Counters the ops part can export as metrics (failover ones: `failover.counters`). */
+export interface LinkCounters {
+  replicated: number;
+  replicateFailed: number;
+  discardsConfirmed: number;
+  recipientDiscardsConfirmed: number;
 }
 
 export interface PeerStatus {
@@ -57,11 +78,15 @@ const DISCARD_INTERVAL_MS = 1000;
 const DISCARD_DELAY_MS = 50;
 
 export class ShadowLink {
+  readonly counters: LinkCounters = { replicated: 0, replicateFailed: 0, discardsConfirmed: 0, recipientDiscardsConfirmed: 0 };
+  readonly failover: Failover;
   private readonly server: ShadowServer;
   private readonly clients: PeerClient[];
   private readonly status = new Map<string, PeerStatus>();
   private hbTimer: NodeJS.Timeout | undefined;
   private discardTimer: NodeJS.Timeout | undefined;
+  private tickTimer: NodeJS.Timeout | undefined;
+  private ticking = false;
   private discardBusy = false;
   private discardSoon: NodeJS.Timeout | undefined;
   private discardAgain = false;
@@ -76,13 +101,38 @@ export class ShadowLink {
       maxBodyBytes: o.maxMessageSize + 1024 * 1024,
       spool: o.spool,
       log: o.log,
-      onHeartbeat: (peer, incarnation) => this.seen(peer, incarnation),
+      hooks: {
+        contact: (peer, incarnation) => this.seen(peer, incarnation),
+        discard: (peer, body) => this.failover.applyDiscard(peer, body),
+        reconcile: (peer, incarnation) => this.failover.answerReconcile(peer, incarnation),
+        reconcileDone: (peer, ids) => this.failover.reconcileDone(peer, ids),
+        known: (_peer, ids) => this.failover.known(ids),
+      },
     });
     this.clients = o.peers.map((p) => {
       const hp = parseHostPort(p.address)!;
       this.status.set(p.name, { name: p.name, up: false, lastSeen: null, incarnation: null, lastError: null });
       return new PeerClient({ name: p.name, host: hp.host, port: hp.port, tls: o.tls });
     });
+    this.failover = new Failover({
+      nodeName: o.nodeName,
+      spool: o.spool,
+      log: o.log,
+      clients: this.clients,
+      timeoutMs: () => this.o.timeoutMs,
+      promoteAfterMs: o.promoteAfterMs,
+      maxShadowAgeMs: o.maxShadowAgeMs,
+      reconcileIntervalMs: o.reconcileIntervalMs,
+      lastContact: (peer) => this.status.get(peer)?.lastSeen ?? null,
+      isUp: (peer) => this.status.get(peer)?.up ?? false,
+      onPromoted: () => o.onPromoted?.(),
+      onReleased: () => o.onReleased?.(),
+      metrics: o.metrics,
+    });
+  }
+
+  get failoverCounters(): FailoverCounters {
+    return this.failover.counters;
   }
 
   async start(): Promise<{ host: string; port: number }> {
@@ -91,8 +141,23 @@ export class ShadowLink {
     this.hbTimer.unref();
     this.discardTimer = setInterval(() => this.pumpDiscards(), DISCARD_INTERVAL_MS);
     this.discardTimer.unref();
+    // promotion precision is one tick; a second is plenty against promoteAfterMs
+    this.tickTimer = setInterval(() => void this.tick(), Math.min(this.o.heartbeatMs, 1000));
+    this.tickTimer.unref();
     void this.heartbeatAll();
     return addr;
+  }
+
+  private async tick(): Promise<void> {
+    if (this.ticking || this.stopped) return;
+    this.ticking = true;
+    try {
+      await this.failover.tick();
+    } catch (err) {
+      this.o.log.error({ err: (err as Error).message }, 'failover check failed (retried on the next tick)');
+    } finally {
+      this.ticking = false;
+    }
   }
 
   private seen(peer: string, incarnation: string | null): void {
@@ -102,11 +167,24 @@ export class ShadowLink {
     s.up = true;
     s.lastSeen = Date.now();
     s.lastError = null;
-    if (incarnation) s.incarnation = incarnation;
+    if (incarnation) {
+      s.incarnation = incarnation;
+      try {
+        this.failover.observeIncarnation(peer, incarnation);
+      } catch (err) {
+        this.o.log.error({ peer, err: (err as Error).message }, 'incarnation check failed');
+      }
+    }
     if (!wasUp) {
       this.o.log.info({ peer }, 'shadow peer up');
       this.pumpDiscards();
+      this.failover.peerUp(peer);
     }
+  }
+
+  /** Peers this node must reconcile with before delivering what they hold copies of. */
+  heldPeers(): string[] {
+    return this.failover.heldPeers();
   }
 
   private failed(peer: string, err: Error): void {
@@ -129,6 +207,7 @@ export class ShadowLink {
         }
       }),
     );
+    this.failover.retryReconciles();
   }
 
   /**
@@ -146,8 +225,10 @@ export class ShadowLink {
           this.o.timeoutMs,
         );
         this.seen(c.name, null);
+        this.counters.replicated++;
         return c.name;
       } catch (e) {
+        this.counters.replicateFailed++;
         last = e as Error;
         if ((e as PeerError).kind !== 'refused') this.failed(c.name, last);
       }
@@ -188,16 +269,20 @@ export class ShadowLink {
       for (;;) {
         if (this.stopped) return;
         const ids = this.o.spool.owedDiscards(c.name, DISCARD_BATCH);
-        if (ids.length === 0) break;
+        const rcpts = this.o.spool.owedRecipientDiscards(c.name, DISCARD_BATCH);
+        if (ids.length === 0 && rcpts.length === 0) break;
         try {
-          await c.discard(ids, this.o.timeoutMs);
+          await c.discard(rcpts.length ? { ids, rcpts } : { ids }, this.o.timeoutMs);
           await this.o.spool.discardsConfirmed(c.name, ids);
+          if (rcpts.length) await this.o.spool.recipientDiscardsConfirmed(c.name, rcpts);
+          this.counters.discardsConfirmed += ids.length;
+          this.counters.recipientDiscardsConfirmed += rcpts.reduce((n, r) => n + r.idx.length, 0);
           for (const id of ids) this.o.log.debug({ id, peer: c.name }, 'discard confirmed by peer');
         } catch (e) {
           this.failed(c.name, e as Error);
           break; // retried on the next tick
         }
-        if (ids.length < DISCARD_BATCH) break;
+        if (ids.length < DISCARD_BATCH && rcpts.length < DISCARD_BATCH) break;
       }
     }
   }
@@ -224,9 +309,11 @@ export class ShadowLink {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.failover.stop();
     clearInterval(this.hbTimer);
     clearInterval(this.discardTimer);
     clearTimeout(this.discardSoon);
+    clearInterval(this.tickTimer);
     for (const c of this.clients) c.close();
     await this.server.close();
   }

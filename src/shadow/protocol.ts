@@ -3,8 +3,15 @@
  *
  *   PUT  /v1/messages/<id>   body: u32 BE length of the JSON meta, the meta, the raw message
  *                            → 201 {"result":"stored"|"exists"}   (durable before the reply)
- *   POST /v1/discard         {"ids":[...]}              → 200 {"purged":n}
+ *   POST /v1/discard         {"ids":[...], "rcpts"?:[{"id","idx":[n...]}]}
+ *                            → 200 {"purged":n}        (rcpts: recipients the primary finished)
  *   POST /v1/heartbeat       {"name","incarnation"}     → 200 {"name","incarnation"}
+ *   POST /v1/reconcile       {"incarnation"}            → 200 {"promoted":[ids]}
+ *                            what the answering node promoted from the asking primary
+ *   POST /v1/reconcile/done  {"ids":[...]}              → 200 {"forgotten":n}
+ *                            the primary dropped those; the records can go
+ *   POST /v1/known           {"ids":[...]}              → 200 {"known":[ids]}
+ *                            which of these the answering primary still holds (orphan check)
  *
  * The sender's identity is taken from its client certificate, never from the body.
  */
@@ -18,6 +25,11 @@ export interface PutMeta {
 export interface HeartbeatBody {
   name: string;
   incarnation: string;
+}
+
+export interface DiscardBody {
+  ids: string[];
+  rcpts?: Array<{ id: string; idx: number[] }>;
 }
 
 export const ID_RE = /^[A-Za-z0-9]{8,64}$/;

@@ -1,7 +1,8 @@
 /**
  * The peer side of the replication link: stores shadow copies durably before acking,
- * purges them on discard, answers heartbeats. Only clients whose certificate (signed by
- * `shadow.tls.ca`) names a configured peer get in.
+ * answers heartbeats, and hands discards, reconcile and orphan questions to the link's
+ * hooks. Only clients whose certificate (signed by `shadow.tls.ca`) names a configured
+ * peer get in; every request from one counts as contact (liveness for promotion).
  *
  * Hardening: TLS 1.2+ only, a client certificate is required and verified (no certificate,
  * another CA → the handshake fails; a certificate naming no configured peer → the socket is
@@ -14,7 +15,7 @@ import type { TLSSocket, PeerCertificate } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
-import { decodePut, ID_RE, ProtocolError, type HeartbeatBody } from './protocol.js';
+import { decodePut, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody } from './protocol.js';
 import { sharedConcat } from '../core/buffers.js';
 
 export interface TlsFiles {
@@ -30,9 +31,21 @@ export interface ShadowServerOptions {
   maxBodyBytes: number;
   spool: Spool;
   log: Logger;
-  /** called on every heartbeat from a peer (liveness and incarnation tracking) */
-  onHeartbeat?: (peer: string, incarnation: string) => void;
+  hooks: ShadowServerHooks;
 }
+
+/** What the link does with a peer's requests beyond storing copies. */
+export interface ShadowServerHooks {
+  /** any authenticated request: the peer is alive; `incarnation` when the request names it */
+  contact(peer: string, incarnation: string | null): void;
+  discard(peer: string, body: DiscardBody): Promise<number>;
+  reconcile(peer: string, incarnation: string): Promise<string[]>;
+  reconcileDone(peer: string, ids: string[]): Promise<number>;
+  known(peer: string, ids: string[]): string[];
+}
+
+/** Most ids one request may name (a discard batch is 500). */
+const MAX_IDS = 10000;
 
 /** Names a certificate vouches for: its DNS SANs and CN. */
 export function certNames(cert: PeerCertificate): string[] {
@@ -161,10 +174,12 @@ export class ShadowServer {
 
   private async handle(peer: string, method: string, url: string, body: Buffer): Promise<[number, unknown]> {
     const spool = this.o.spool;
+    const hooks = this.o.hooks;
     if (method === 'PUT' && url.startsWith('/v1/messages/')) {
       const id = url.slice('/v1/messages/'.length);
       if (!ID_RE.test(id)) throw new ProtocolError('bad message id');
       const { meta, raw } = decodePut(body);
+      hooks.contact(peer, meta.incarnation);
       const result = await spool.storeShadow({
         id,
         origin: peer,
@@ -178,21 +193,46 @@ export class ShadowServer {
       return [201, { result }];
     }
     if (method === 'POST' && url === '/v1/discard') {
-      const ids = parseJson(body, (j) => {
-        const ids = (j as { ids?: unknown }).ids;
-        return Array.isArray(ids) && ids.every((x) => typeof x === 'string') ? (ids as string[]) : null;
+      const d = parseJson(body, (j) => {
+        const o = j as Partial<DiscardBody>;
+        if (!isIdList(o.ids)) return null;
+        if (o.rcpts === undefined) return { ids: o.ids };
+        if (
+          !Array.isArray(o.rcpts) ||
+          o.rcpts.length > MAX_IDS ||
+          !o.rcpts.every((r) => r && typeof r.id === 'string' && Array.isArray(r.idx) && r.idx.every((i) => Number.isInteger(i) && i >= 0))
+        ) {
+          return null;
+        }
+        return { ids: o.ids, rcpts: o.rcpts };
       });
-      const purged = await spool.purgeShadows(peer, ids);
-      for (const id of ids) this.o.log.info({ id, peer }, 'shadow discarded');
-      return [200, { purged }];
+      hooks.contact(peer, null);
+      return [200, { purged: await hooks.discard(peer, d) }];
     }
     if (method === 'POST' && url === '/v1/heartbeat') {
       const hb = parseJson(body, (j) => {
         const h = j as Partial<HeartbeatBody>;
         return typeof h.name === 'string' && typeof h.incarnation === 'string' ? (h as HeartbeatBody) : null;
       });
-      this.o.onHeartbeat?.(peer, hb.incarnation);
+      hooks.contact(peer, hb.incarnation);
       return [200, { name: this.o.nodeName, incarnation: spool.incarnation }];
+    }
+    if (method === 'POST' && url === '/v1/reconcile') {
+      const inc = parseJson(body, (j) => {
+        const v = (j as { incarnation?: unknown }).incarnation;
+        return typeof v === 'string' ? v : null;
+      });
+      hooks.contact(peer, inc);
+      return [200, { promoted: await hooks.reconcile(peer, inc) }];
+    }
+    if (method === 'POST' && (url === '/v1/reconcile/done' || url === '/v1/known')) {
+      const ids = parseJson(body, (j) => {
+        const v = (j as { ids?: unknown }).ids;
+        return isIdList(v) ? v : null;
+      });
+      hooks.contact(peer, null);
+      if (url === '/v1/known') return [200, { known: hooks.known(peer, ids) }];
+      return [200, { forgotten: await hooks.reconcileDone(peer, ids) }];
     }
     return [404, { error: 'no such endpoint' }];
   }
@@ -204,6 +244,10 @@ export class ShadowServer {
     for (const sock of this.sockets) sock.destroy();
     await closed;
   }
+}
+
+function isIdList(v: unknown): v is string[] {
+  return Array.isArray(v) && v.length <= MAX_IDS && v.every((x) => typeof x === 'string');
 }
 
 function parseJson<T>(body: Buffer, check: (j: unknown) => T | null): T {

@@ -25,6 +25,9 @@
  * - Bodies held at once (being received or accepted) are bounded by `smtp.maxBytesInFlight`
  *   (gate.ts): past it, new bodies wait and are not read, so TCP holds their clients back.
  *   A body is built in memory shared with the spool's writer thread (no copy on the way).
+ * - Graceful stop (`drain`): the listener stays open but new clients and new transactions get
+ *   `421 4.3.2 Service shutting down`; messages being received or accepted finish (250 or
+ *   4xx); past the deadline, uploads still running are cut off (never accepted).
  */
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import { readFileSync } from 'node:fs';
@@ -125,9 +128,18 @@ export function receivedHeader(
   return `Received: ${from}\r\n\tby ${o.hostname} (shadowrelay) with ${s.protocol} id ${s.id}${forClause}; ${rfc2822Date(when)}\r\n`;
 }
 
+interface LiveConnection {
+  session: SMTPServerSession;
+  send(code: number, text: string): void;
+}
+
 export class SmtpListener {
   private readonly server: HardenedServer;
   private readonly bodyGate: BodyGate;
+  private draining = false;
+  /** sessions whose DATA is being received (or waits for the body gate) / whose message is being accepted */
+  private readonly receiving = new Set<string>();
+  private readonly accepting = new Set<string>();
   private readonly metrics: Pick<RelayMetrics, 'refused'>;
   // policy state below is replaced by reload(); the limiter and the AUTH lockouts carry over
   private limits: SmtpLimits;
@@ -170,6 +182,7 @@ export class SmtpListener {
         socketTimeout: o.socketTimeoutMs,
         logger: false,
         onConnect: (session, cb) => this.onConnect(session, cb),
+        onMailFrom: (_addr, _session, cb) => (this.draining ? cb(reply(421, '4.3.2', 'Service shutting down')) : cb()),
         onSecure: (_sock, session, cb) => {
           // AUTH is offered from here on (the EHLO after STARTTLS lists it)
           if (o.auth) session.disabledCommands = this.disabled;
@@ -208,6 +221,8 @@ export class SmtpListener {
     const allowed = this.o.allowedNetworks.contains(address);
     const refused = this.limiter.admit(session.id, address, allowed);
     this.o.log.info({ session: session.id, client: address }, 'connect');
+    // graceful stop: the listener stays open so clients learn why
+    if (this.draining) return cb(reply(421, '4.3.2', 'Service shutting down'));
     if (refused) {
       this.metrics.refused('connection_limit');
       this.o.log.warn({ client: address, reason: refused, connections: this.limiter.connections }, 'smtp: connection refused');
@@ -293,6 +308,9 @@ export class SmtpListener {
     session: SMTPServerSession,
     callback: (err?: Error | null, message?: string) => void,
   ): void {
+    const sid = session.id;
+    this.receiving.add(sid);
+    stream.once('close', () => this.receiving.delete(sid));
     // the body is read only once the gate admits it (until then TCP holds the client back)
     const args = session.envelope.mailFrom ? (session.envelope.mailFrom.args as Record<string, string> | false) : false;
     void this.bodyGate.enter(Number(args && args.SIZE) || undefined).then((ticket) => {
@@ -310,8 +328,10 @@ export class SmtpListener {
     const conn = this.server.connectionOf(session);
     const filter = new ContentFilter(this.o.bareLineEndings ?? 'normalize', this.limits.maxReceivedHeaders);
     const chunks: Buffer[] = [];
+    const sid = session.id;
     let settled = false;
     const cb = (err?: Error | null, message?: string) => {
+      this.receiving.delete(sid);
       if (settled) return;
       settled = true;
       clearTimeout(deadline);
@@ -352,6 +372,7 @@ export class SmtpListener {
     stream.once('end', () => {
       ended = true;
       ticket.received();
+      this.receiving.delete(sid);
       keep(filter.end());
       if (settled) return;
       if (stream.sizeExceeded || filter.size > this.o.maxMessageSize) {
@@ -391,6 +412,8 @@ export class SmtpListener {
       { id, session: session.id, client: session.remoteAddress, helo, tls: !!session.secure, body: env.bodyType, smtputf8: !!env.smtpUtf8 },
       'client',
     );
+    const sid = session.id;
+    this.accepting.add(sid);
     this.o.acceptor
       .accept({ id, sender, recipients, body, receivedAt: now.getTime(), client: { address: session.remoteAddress, helo } })
       .then(
@@ -401,7 +424,31 @@ export class SmtpListener {
           this.metrics.refused('internal');
           cb(reply(451, '4.3.0', 'Error: queue file write error'));
         },
-      );
+      )
+      .finally(() => this.accepting.delete(sid));
+  }
+
+  /**
+   * Graceful stop: refuse new clients and transactions with 421 4.3.2, let messages being
+   * received finish until `deadlineMs`, then cut off the rest. A message already being
+   * accepted always gets its answer first (that wait is bounded by shadow.timeoutMs), so no
+   * client sees 421 for a message that was queued. Then the listener closes.
+   */
+  async drain(deadlineMs: number): Promise<void> {
+    this.draining = true;
+    const until = async (cond: () => boolean, ms: number) => {
+      const end = Date.now() + ms;
+      while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    };
+    await until(() => this.receiving.size === 0 && this.accepting.size === 0, deadlineMs);
+    const conns = (this.server as unknown as { connections: Set<LiveConnection> }).connections;
+    const shut = () => {
+      for (const c of [...conns]) if (!this.accepting.has(c.session.id)) c.send(421, '4.3.2 Service shutting down');
+    };
+    shut();
+    await until(() => this.accepting.size === 0, Number.POSITIVE_INFINITY);
+    shut();
+    await this.close();
   }
 
   /**

@@ -28,11 +28,21 @@ import { Spool, type SpoolOptions } from './index.js';
 export const WRITES = [
   'spoolPrimary',
   'markAccepted',
+  'settleFailures',
   'dropUnacked',
   'recordAttempt',
+  'deferUntil',
+  'dropPromotedByPeer',
   'storeShadow',
   'purgeShadows',
+  'shadowRecipientsDone',
+  'promoteShadows',
+  'promotedFor',
+  'forgetPromoted',
+  'prunePromoted',
+  'dropShadows',
   'discardsConfirmed',
+  'recipientDiscardsConfirmed',
   'hold',
   'release',
   'retryNow',
@@ -44,7 +54,14 @@ export const WRITES = [
 export const READS = [
   'due',
   'nextDueAt',
+  'knownPrimaries',
+  'hasShadowsFrom',
+  'shadowIncarnations',
+  'shadowsToVerify',
+  'oldShadows',
   'owedDiscards',
+  'owedRecipientDiscards',
+  'discardsPending',
   'get',
   'getWithBody',
   'list',
@@ -140,12 +157,17 @@ export class ThreadedSpool extends Spool {
   }
 
   /**
-   * Starts the writer thread (it opens the spool, migrates it and runs recovery), then opens
-   * the read-only connection. `onFatal` hears of a writer thread that died (every write fails
-   * from then on).
+   * Starts the writer thread (it opens the spool, migrates it and runs recovery, owing
+   * `recoverPeers` discards for what it drops), then opens the read-only connection.
+   * `onFatal` hears of a writer thread that died (every write fails from then on).
    */
-  static async openThreaded(dataDir: string, opts: SpoolOptions, onFatal: (err: Error) => void = () => {}): Promise<ThreadedSpool> {
-    const worker = new Worker(writerFile(), { workerData: { dataDir, opts } });
+  static async openThreaded(
+    dataDir: string,
+    opts: SpoolOptions,
+    o: { recoverPeers?: string[]; onFatal?: (err: Error) => void } = {},
+  ): Promise<ThreadedSpool> {
+    const onFatal = o.onFatal ?? (() => {});
+    const worker = new Worker(writerFile(), { workerData: { dataDir, opts, recoverPeers: o.recoverPeers ?? [] } });
     const ready = await new Promise<ReturnType<Spool['recover']>>((resolve, reject) => {
       const onMessage = (m: WriterReply) => {
         if (m.type === 'ready') resolve(m.recovered);
@@ -162,7 +184,7 @@ export class ThreadedSpool extends Spool {
     });
     const file = path.join(dataDir, 'spool.db');
     const db = new Database(file, { readonly: true, fileMustExist: true });
-    db.pragma('busy_timeout = 5000');
+    db.pragma(`busy_timeout = ${Math.max(0, Math.floor(opts.busyTimeoutMs ?? 1000))}`);
     return new ThreadedSpool(db, file, opts, worker, ready, onFatal);
   }
 
@@ -187,11 +209,20 @@ export class ThreadedSpool extends Spool {
   override markAccepted(...a: Parameters<Spool['markAccepted']>) {
     return this.forward('markAccepted', a);
   }
+  override settleFailures(...a: Parameters<Spool['settleFailures']>) {
+    return this.forward('settleFailures', a);
+  }
   override dropUnacked(...a: Parameters<Spool['dropUnacked']>) {
     return this.forward('dropUnacked', a);
   }
   override recordAttempt(...a: Parameters<Spool['recordAttempt']>) {
     return this.forward('recordAttempt', a);
+  }
+  override deferUntil(...a: Parameters<Spool['deferUntil']>) {
+    return this.forward('deferUntil', a);
+  }
+  override dropPromotedByPeer(...a: Parameters<Spool['dropPromotedByPeer']>) {
+    return this.forward('dropPromotedByPeer', a);
   }
   override storeShadow(...a: Parameters<Spool['storeShadow']>) {
     return this.forward('storeShadow', a);
@@ -199,10 +230,30 @@ export class ThreadedSpool extends Spool {
   override purgeShadows(...a: Parameters<Spool['purgeShadows']>) {
     return this.forward('purgeShadows', a);
   }
+  override shadowRecipientsDone(...a: Parameters<Spool['shadowRecipientsDone']>) {
+    return this.forward('shadowRecipientsDone', a);
+  }
+  override promoteShadows(...a: Parameters<Spool['promoteShadows']>) {
+    return this.forward('promoteShadows', a);
+  }
+  override promotedFor(...a: Parameters<Spool['promotedFor']>) {
+    return this.forward('promotedFor', a);
+  }
+  override forgetPromoted(...a: Parameters<Spool['forgetPromoted']>) {
+    return this.forward('forgetPromoted', a);
+  }
+  override prunePromoted(...a: Parameters<Spool['prunePromoted']>) {
+    return this.forward('prunePromoted', a);
+  }
+  override dropShadows(...a: Parameters<Spool['dropShadows']>) {
+    return this.forward('dropShadows', a);
+  }
   override discardsConfirmed(...a: Parameters<Spool['discardsConfirmed']>) {
     return this.forward('discardsConfirmed', a);
   }
-
+  override recipientDiscardsConfirmed(...a: Parameters<Spool['recipientDiscardsConfirmed']>) {
+    return this.forward('recipientDiscardsConfirmed', a);
+  }
   override hold(...a: Parameters<Spool['hold']>) {
     return this.forward('hold', a);
   }
@@ -220,7 +271,7 @@ export class ThreadedSpool extends Spool {
   }
 
   /** Recovery ran in the writer thread when it opened the spool; this is its result. */
-  override recover(): ReturnType<Spool['recover']> {
+  override recover(..._peers: Parameters<Spool['recover']>): ReturnType<Spool['recover']> {
     return this.recovered;
   }
 

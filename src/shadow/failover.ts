@@ -1,0 +1,309 @@
+/**
+ * Failover on the replication link: promotion, reconcile, orphan and age checks.
+ *
+ * Every node is both a primary (for what it accepted) and a shadow holder (for its peers).
+ *
+ * As a shadow holder, for each peer X:
+ * - Promotion: when X has been unreachable for `promoteAfterMs` (since the last successful
+ *   exchange in either direction, or since this node started if X was never seen), X's
+ *   shadow copies become this node's queued primaries (remaining recipients only) and are
+ *   recorded in the spool's `promoted` table.
+ * - Lost disk: each spool has an incarnation id. When X shows up with an incarnation other
+ *   than the one its copies were made under, X lost its spool: those copies are promoted
+ *   at once.
+ * - Orphans: every `reconcileIntervalMs`, copies older than a grace period (2 × timeoutMs)
+ *   from X's current incarnation are checked against what X still holds (`/v1/known`);
+ *   copies X does not know (it answered 451, or dropped an unacknowledged message at
+ *   restart) are dropped, never delivered.
+ * - Age: copies older than `maxShadowAgeMs` are dropped with a warning.
+ * - Reconcile answers: X asks what was promoted from it; X confirms what it dropped.
+ *
+ * As a primary, for each peer P: after this node starts and after every down→up transition
+ * of P, it first asks P what P promoted from it and drops those from its own queue. Until
+ * that succeeds, messages shadowed on P are held (not delivered) — for at most
+ * `promoteAfterMs`: if P cannot be reached for that long it is either dead (and promotes
+ * nothing) or cut off (and the pair accepts duplicates, see README "Failure handling").
+ */
+import type { Logger } from 'pino';
+import type { Spool, DiscardResult } from '../spool/index.js';
+import type { PeerClient } from './client.js';
+import type { DiscardBody } from './protocol.js';
+import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
+
+/** Counters the ops part can export as metrics. */
+export interface FailoverCounters {
+  /** messages this node promoted from a peer's shadow copies */
+  promoted: number;
+  /** promotion runs (one per unreachable or re-incarnated peer) */
+  promotions: number;
+  /** promoted copies cancelled because the origin turned out to have delivered them */
+  promotedCancelled: number;
+  /**
+   * duplicate-risk events: a discard arrived for a copy this node had promoted and already
+   * delivered (the origin delivered it too, or never answered its client)
+   */
+  duplicates: number;
+  /** shadow copies dropped because their live primary did not know them */
+  orphansDropped: number;
+  /** shadow copies dropped for exceeding maxShadowAgeMs */
+  shadowsExpired: number;
+  /** successful reconciles with a peer, as primary */
+  reconciles: number;
+  /** own queued messages dropped because the peer had promoted them */
+  reconcileDropped: number;
+  /** holds released without a reconcile (peer unreachable for promoteAfterMs): duplicate risk */
+  holdsExpired: number;
+}
+
+export interface FailoverOptions {
+  nodeName: string;
+  spool: Spool;
+  log: Logger;
+  clients: PeerClient[];
+  /** the link's deadline per request (a reload may change it) */
+  timeoutMs: () => number;
+  promoteAfterMs: number;
+  maxShadowAgeMs: number;
+  reconcileIntervalMs: number;
+  /** last successful exchange with a peer (either direction), or null */
+  lastContact: (peer: string) => number | null;
+  isUp: (peer: string) => boolean;
+  /** shadow copies became deliverable here */
+  onPromoted: () => void;
+  /** a hold on delivery was lifted */
+  onReleased: () => void;
+  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
+}
+
+/** Promotion records are kept this long after the fact if the origin never reconciles. */
+const PROMOTED_RETENTION_MS = 30 * 86400_000;
+const VERIFY_BATCH = 500;
+
+interface PrimarySide {
+  /** a reconcile with this peer is owed before delivering what it holds copies of */
+  needed: boolean;
+  since: number;
+  running: boolean;
+}
+
+export class Failover {
+  readonly counters: FailoverCounters = {
+    promoted: 0,
+    promotions: 0,
+    promotedCancelled: 0,
+    duplicates: 0,
+    orphansDropped: 0,
+    shadowsExpired: 0,
+    reconciles: 0,
+    reconcileDropped: 0,
+    holdsExpired: 0,
+  };
+  private readonly startedAt = Date.now();
+  private readonly incarnationOf = new Map<string, string>();
+  private readonly promoting = new Set<string>();
+  private readonly primary = new Map<string, PrimarySide>();
+  private readonly cursor = new Map<string, { receivedAt: number; id: string }>();
+  private lastSweep = 0;
+  private sweeping = false;
+  private stopped = false;
+
+  constructor(private readonly o: FailoverOptions) {
+    for (const c of o.clients) this.primary.set(c.name, { needed: true, since: this.startedAt, running: false });
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  // ---- shadow-holder side -----------------------------------------------------------
+
+  /** A peer named its incarnation: copies from any other incarnation are promoted now. */
+  observeIncarnation(peer: string, incarnation: string): void {
+    if (this.incarnationOf.get(peer) === incarnation) return;
+    this.incarnationOf.set(peer, incarnation);
+    const stale = this.o.spool.shadowIncarnations(peer).filter((i) => i !== incarnation);
+    if (stale.length === 0) return;
+    this.o.log.warn({ peer, incarnation, stale }, 'peer came back with a new spool (incarnation changed): promoting its old shadow copies');
+    void this.promote(peer, 'origin lost its spool', incarnation);
+  }
+
+  /** Periodic: promotion of unreachable peers, orphan check, maximum age. */
+  async tick(now = Date.now()): Promise<void> {
+    if (this.stopped) return;
+    for (const c of this.o.clients) {
+      const since = this.o.lastContact(c.name) ?? this.startedAt;
+      if (now - since >= this.o.promoteAfterMs && !this.promoting.has(c.name) && this.o.spool.hasShadowsFrom(c.name)) {
+        this.o.log.warn({ peer: c.name, unreachableMs: now - since }, 'peer unreachable for promoteAfterMs: promoting its shadow copies');
+        await this.promote(c.name, 'origin unreachable');
+      }
+    }
+    if (now - this.lastSweep >= this.o.reconcileIntervalMs && !this.sweeping) {
+      this.lastSweep = now;
+      this.sweeping = true;
+      try {
+        await this.expireShadows(now);
+        await this.checkOrphans(now);
+        await this.o.spool.prunePromoted(now - PROMOTED_RETENTION_MS);
+      } finally {
+        this.sweeping = false;
+      }
+    }
+  }
+
+  private async promote(peer: string, reason: string, exceptIncarnation?: string): Promise<void> {
+    if (this.promoting.has(peer)) return;
+    this.promoting.add(peer);
+    try {
+      const r = await this.o.spool.promoteShadows(peer, Date.now(), exceptIncarnation);
+      this.counters.promotions++;
+      this.counters.promoted += r.promoted.length;
+      if (r.promoted.length) (this.o.metrics ?? noMetrics).promoted(peer, r.promoted.length);
+      for (const m of r.promoted) this.o.log.warn({ id: m.id, origin: peer, reason, pending: m.pending }, 'promoted');
+      for (const id of r.emptied) this.o.log.info({ id, origin: peer }, 'shadow dropped: no recipient left to deliver');
+      if (r.promoted.length) this.o.onPromoted();
+    } catch (err) {
+      this.o.log.error({ peer, err: (err as Error).message }, 'promotion failed (retried on the next tick)');
+    } finally {
+      this.promoting.delete(peer);
+    }
+  }
+
+  private async expireShadows(now: number): Promise<void> {
+    for (const c of this.o.clients) {
+      const old = this.o.spool.oldShadows(c.name, now - this.o.maxShadowAgeMs, 1000);
+      if (old.length === 0) continue;
+      const dropped = await this.o.spool.dropShadows(c.name, old.map((r) => r.id));
+      this.counters.shadowsExpired += dropped.length;
+      for (const id of dropped) {
+        this.o.log.warn({ id, origin: c.name, maxShadowAgeMs: this.o.maxShadowAgeMs }, 'shadow expired: dropped a copy older than maxShadowAgeMs');
+      }
+    }
+  }
+
+  /** Drops copies whose live primary (same incarnation) no longer holds the message. */
+  private async checkOrphans(now: number): Promise<void> {
+    for (const c of this.o.clients) {
+      const inc = this.incarnationOf.get(c.name);
+      if (!inc || !this.o.isUp(c.name)) continue;
+      const after = this.cursor.get(c.name) ?? { receivedAt: -1, id: '' };
+      const refs = this.o.spool.shadowsToVerify(c.name, inc, now - 2 * this.o.timeoutMs(), after, VERIFY_BATCH);
+      if (refs.length < VERIFY_BATCH) this.cursor.delete(c.name);
+      else this.cursor.set(c.name, { receivedAt: refs.at(-1)!.receivedAt, id: refs.at(-1)!.id });
+      if (refs.length === 0) continue;
+      let known: Set<string>;
+      try {
+        known = new Set(await c.known(refs.map((r) => r.id), this.o.timeoutMs()));
+      } catch (err) {
+        this.o.log.debug({ peer: c.name, err: (err as Error).message }, 'orphan check failed (retried later)');
+        continue;
+      }
+      // the answer is about the incarnation we asked; a change since then voids it
+      if (this.incarnationOf.get(c.name) !== inc) continue;
+      const unknown = refs.filter((r) => !known.has(r.id)).map((r) => r.id);
+      if (unknown.length === 0) continue;
+      const dropped = await this.o.spool.dropShadows(c.name, unknown);
+      this.counters.orphansDropped += dropped.length;
+      for (const id of dropped) this.o.log.warn({ id, origin: c.name }, 'orphan shadow dropped: its primary does not hold the message');
+    }
+  }
+
+  /** A discard from `peer`: purge copies; cancel or count what this node had promoted. */
+  async applyDiscard(peer: string, body: DiscardBody): Promise<number> {
+    let duplicates: string[] = [];
+    if (body.rcpts?.length) {
+      const r = await this.o.spool.shadowRecipientsDone(peer, body.rcpts);
+      duplicates = r.duplicates;
+      for (const d of body.rcpts) this.o.log.info({ id: d.id, peer, idx: d.idx }, 'shadow recipients done by origin');
+    }
+    let res: DiscardResult = { purged: 0, cancelled: [], duplicates: [] };
+    if (body.ids.length) res = await this.o.spool.purgeShadows(peer, body.ids);
+    for (const id of body.ids) this.o.log.info({ id, peer }, 'shadow discarded');
+    for (const id of res.cancelled) this.o.log.warn({ id, origin: peer }, 'promoted copy cancelled: its origin delivered it');
+    this.counters.promotedCancelled += res.cancelled.length;
+    const dups = [...res.duplicates, ...duplicates];
+    if (dups.length) (this.o.metrics ?? noMetrics).duplicateRisk('promoted_after_delivery', dups.length);
+    for (const id of dups) {
+      this.counters.duplicates++;
+      this.o.log.warn({ id, origin: peer }, 'duplicate risk: this node promoted and delivered a message its origin also finished (delivered it, or never answered its client)');
+    }
+    return res.purged;
+  }
+
+  /** `peer` asks what this node promoted from it. */
+  async answerReconcile(peer: string, incarnation: string): Promise<string[]> {
+    const ids = await this.o.spool.promotedFor(peer, incarnation);
+    this.o.log.info({ peer, promoted: ids.length }, 'reconcile: told the peer what was promoted from it');
+    return ids;
+  }
+
+  async reconcileDone(peer: string, ids: string[]): Promise<number> {
+    return this.o.spool.forgetPromoted(peer, ids);
+  }
+
+  known(ids: string[]): string[] {
+    return this.o.spool.knownPrimaries(ids);
+  }
+
+  // ---- primary side -----------------------------------------------------------------
+
+  /** `peer` is reachable again (or for the first time): reconcile before delivering more. */
+  peerUp(peer: string): void {
+    const p = this.primary.get(peer);
+    if (!p) return;
+    if (!p.needed) {
+      p.needed = true;
+      p.since = Date.now();
+    }
+    void this.reconcileWith(peer);
+  }
+
+  /** Retry owed reconciles (called on every heartbeat round). */
+  retryReconciles(): void {
+    for (const [peer, p] of this.primary) if (p.needed && this.o.isUp(peer)) void this.reconcileWith(peer);
+  }
+
+  private async reconcileWith(peer: string): Promise<void> {
+    const p = this.primary.get(peer)!;
+    const client = this.o.clients.find((c) => c.name === peer)!;
+    if (!p.needed || p.running || this.stopped) return;
+    p.running = true;
+    const started = p.since;
+    try {
+      const promoted = await client.reconcile(this.o.spool.incarnation, this.o.timeoutMs());
+      const dropped = promoted.length ? await this.o.spool.dropPromotedByPeer(peer, promoted) : [];
+      for (const id of dropped) this.o.log.warn({ id, peer }, 'dropped: the peer promoted and delivers this message');
+      this.counters.reconcileDropped += dropped.length;
+      // only what we dropped is settled; an id we no longer hold was delivered here, and
+      // our discard for it (still owed) tells the peer, which counts the duplicate
+      if (dropped.length) await client.reconcileDone(dropped, this.o.timeoutMs());
+      this.counters.reconciles++;
+      this.o.log.info({ peer, promotedByPeer: promoted.length, dropped: dropped.length }, 'reconciled with peer');
+      // a new down→up transition while we asked restarts the hold
+      if (p.since === started) p.needed = false;
+      this.o.onReleased();
+    } catch (err) {
+      this.o.log.debug({ peer, err: (err as Error).message }, 'reconcile failed (retried)');
+    } finally {
+      p.running = false;
+    }
+  }
+
+  /**
+   * Peers this node must reconcile with before delivering what they hold copies of. A hold
+   * lasts at most promoteAfterMs (see the summary at the top).
+   */
+  heldPeers(now = Date.now()): string[] {
+    const held: string[] = [];
+    for (const [peer, p] of this.primary) {
+      if (!p.needed) continue;
+      if (now - p.since < this.o.promoteAfterMs) held.push(peer);
+      else {
+        p.needed = false;
+        this.counters.holdsExpired++;
+        (this.o.metrics ?? noMetrics).duplicateRisk('delivered_without_reconcile');
+        this.o.log.warn({ peer, heldMs: now - p.since }, 'no reconcile with the peer within promoteAfterMs: delivering anyway (duplicate risk if it promoted)');
+      }
+    }
+    return held;
+  }
+}
