@@ -107,6 +107,8 @@ export function backoffMs(attempts: number, initialMs: number, maxMs: number, ra
 }
 
 const POLL_MS = 1000;
+/** while deliveries are in flight, wake-ups within this many ms share one scan */
+const WAKE_BUSY_MS = 5;
 
 export class DeliveryWorker {
   readonly counters: DeliveryCounters = {
@@ -172,10 +174,14 @@ export class DeliveryWorker {
   wake(): void {
     if (!this.running || this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() => {
+    const run = () => {
       this.scheduled = false;
       this.scan();
-    });
+    };
+    // idle: look at once; busy: let a few ms of accepts and completions share one scan (each
+    // scan queries the spool; under load it ran once per event-loop turn)
+    if (this.inflight.size === 0) setImmediate(run);
+    else setTimeout(run, WAKE_BUSY_MS);
   }
 
   private scan(): void {
