@@ -58,7 +58,12 @@ describe('metrics', () => {
 
     const ok = await send(pair.a.addresses.smtp.port);
     expect(ok.code).toBe(250);
-    await waitFor(() => pair.sink.messages.length === 1 && pair.a.spool.list().length === 0, 20000, 'delivery');
+    // delivered, purged on A, and its shadow discarded on B (discards travel in batches)
+    await waitFor(
+      () => pair.sink.messages.length === 1 && pair.a.spool.list().length === 0 && pair.b.spool.counts().shadow === 0,
+      20000,
+      'delivery and discard',
+    );
     let m = await metrics(A);
     expect(metricValue(m, 'shadowrelay_messages_accepted_total', { node: 'relay-a' })).toBe(1);
     expect(metricValue(m, 'shadowrelay_messages_degraded_total')).toBe(0);
