@@ -13,15 +13,26 @@ afterEach(async () => {
 });
 
 /** A pair whose relay-a delivers to a sink made (after the pair's certificates exist) by `sinkOf`. */
-async function setup(nextHop: Record<string, unknown>, sinkOf: (certDir: string) => Promise<SinkOptions> | SinkOptions) {
+async function setup(
+  nextHop: Record<string, unknown>,
+  sinkOf: (certDir: string) => Promise<SinkOptions> | SinkOptions,
+  attempt = 1,
+): Promise<{ pair: Pair; sink: Sink }> {
   const port = await freePort();
   const pair: Pair = await startPair({}, { 'relay-a': { delivery: { nextHop: { host: '127.0.0.1', port, ...nextHop } } } });
   const sink = new Sink(await sinkOf(pair.files.certDir));
+  try {
+    await sink.listen(port);
+  } catch (e) {
+    // the port was free a moment ago; something else (a parallel suite) took it meanwhile
+    await pair.stop();
+    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE' && attempt < 3) return setup(nextHop, sinkOf, attempt + 1);
+    throw e;
+  }
   cleanups.push(async () => {
     await pair.stop(); // first: its pooled connection would hold the sink's close for 30 s
     await sink.close();
   });
-  await sink.listen(port);
   return { pair, sink };
 }
 
