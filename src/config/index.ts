@@ -65,7 +65,7 @@ const domainName = z
   .refine((s) => domainToASCII(s.replace(/^\./, '').replace(/\.$/, '')) !== '', { message: 'expected a domain name such as example.com' });
 
 // Postfix's defaults where Postfix has the same limit (named in README's config table)
-const LIMIT_DEFAULTS = {
+export const LIMIT_DEFAULTS = {
   maxConnections: 500,
   maxConnectionsPerAddress: 50,
   connectionRatePerMinute: 120,

@@ -20,6 +20,7 @@ import http from 'node:http';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { QueueService, ActionResult } from './queue.js';
+import { listenOn } from '../core/net.js';
 
 export interface Readiness {
   ready: boolean;
@@ -121,14 +122,7 @@ export class AdminServer {
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        const a = this.server.address();
-        resolve({ host, port: typeof a === 'object' && a ? a.port : port });
-      });
-    });
+    return listenOn(this.server, host, port);
   }
 
   close(): Promise<void> {

@@ -17,6 +17,7 @@ import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import { decodePut, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody } from './protocol.js';
 import { sharedConcat } from '../core/buffers.js';
+import { listenOn } from '../core/net.js';
 
 export interface TlsFiles {
   ca: Buffer;
@@ -114,14 +115,7 @@ export class ShadowServer {
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject);
-        const a = this.server.address();
-        resolve({ host, port: typeof a === 'object' && a ? a.port : port });
-      });
-    });
+    return listenOn(this.server, host, port);
   }
 
   private peerFor(stream: http2.ServerHttp2Stream): string | undefined {

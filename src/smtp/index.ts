@@ -43,6 +43,8 @@ import { ContentFilter, type BareLineEndings } from './content.js';
 import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 import { BodyGate, type GateTicket } from './gate.js';
 import { sharedConcat } from '../core/buffers.js';
+import { listenOn } from '../core/net.js';
+import { LIMIT_DEFAULTS } from '../config/index.js';
 
 export { SmtpReply, reply } from './replies.js';
 
@@ -92,16 +94,8 @@ export interface SmtpLimits extends ConnectionLimits {
   maxReceivedHeaders: number;
 }
 
-const DEFAULT_LIMITS: SmtpLimits = {
-  maxConnections: 500,
-  maxConnectionsPerAddress: 50,
-  connectionRatePerMinute: 120,
-  commandTimeoutMs: 300000,
-  dataTimeoutMs: 600000,
-  maxLineLength: 2048,
-  maxErrors: 20,
-  maxReceivedHeaders: 50,
-};
+// one set of defaults: the config schema's
+const DEFAULT_LIMITS: SmtpLimits = LIMIT_DEFAULTS;
 
 // commands a client may use before STARTTLS when TLS is required (RFC 3207 §4)
 const BEFORE_TLS = new Set(['EHLO', 'HELO', 'STARTTLS', 'NOOP', 'RSET', 'QUIT']);
@@ -293,14 +287,7 @@ export class SmtpListener {
   }
 
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      this.server.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        this.server.server.off('error', reject);
-        const a = this.server.server.address();
-        resolve({ host, port: typeof a === 'object' && a ? a.port : port });
-      });
-    });
+    return listenOn(this.server.server, host, port);
   }
 
   private onData(
