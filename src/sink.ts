@@ -6,6 +6,7 @@
 import { SMTPServer } from 'smtp-server';
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
+import { listenOn } from './core/net.js';
 
 export interface SinkMessage {
   from: string;
@@ -88,15 +89,9 @@ export class Sink extends EventEmitter {
     });
   }
 
-  listen(port = 0, host = '127.0.0.1'): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.server.once('error', reject);
-      this.server.listen(port, host, () => {
-        const a = this.server.server.address();
-        this.port = typeof a === 'object' && a ? a.port : port;
-        resolve(this.port);
-      });
-    });
+  async listen(port = 0, host = '127.0.0.1'): Promise<number> {
+    this.port = (await listenOn(this.server.server, host, port)).port;
+    return this.port;
   }
 
   close(): Promise<void> {
