@@ -169,7 +169,12 @@ export class Relay {
         const reasons: string[] = [];
         if (!smtpUp) reasons.push('smtp listener not up');
         const onFailure = relay?.config.shadow.onFailure ?? cfg.shadow.onFailure;
-        if (!shadow.anyPeerUp() && onFailure !== 'accept') reasons.push('no shadow peer reachable');
+        // a node that would answer 451 to every message is not ready: a load balancer or
+        // Kubernetes sends the mail elsewhere
+        if (!shadow.anyPeerUp() && onFailure !== 'accept') {
+          const why = shadow.peers().map((p) => `${p.name} ${p.link}${p.lastError ? ` (${p.lastError})` : ''}`);
+          reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
+        }
         return { ready: reasons.length === 0, reasons };
       },
       metrics: () => metrics.render(),

@@ -3,8 +3,9 @@
  *
  * Implementation summary:
  * - `GET /healthz`: 200 while the process runs (no token needed: probes and HEALTHCHECK).
- * - `GET /readyz`: 200 once the spool is open, the SMTP listener is up and a peer answers
- *   (or the degraded policy is on), else 503 with the reasons as JSON (no token needed).
+ * - `GET /readyz`: 200 once the spool is open, the SMTP listener is up and a peer can take a
+ *   shadow copy now (this node's requests to it succeed) or the degraded policy is on, else
+ *   503 with the reasons as JSON (no token needed).
  * - `GET /metrics`: Prometheus text format (prom-client).
  * - The JSON queue API used by `shadowrelay queue …`:
  *     GET    /queue                 list (summaries)

@@ -45,6 +45,10 @@ export interface RelayMetrics {
   duplicateRisk(kind: DuplicateRiskKind, n?: number): void;
   /** a configuration reload was applied or refused */
   reload(ok: boolean): void;
+  /** `peer` confirmed a shadow copy after `seconds` (the replication round trip) */
+  replicated(peer: string, seconds: number): void;
+  /** the link to `peer` made a new session after losing one */
+  linkReconnect(peer: string): void;
 }
 
 export const noMetrics: RelayMetrics = {
@@ -55,12 +59,19 @@ export const noMetrics: RelayMetrics = {
   promoted: () => {},
   duplicateRisk: () => {},
   reload: () => {},
+  replicated: () => {},
+  linkReconnect: () => {},
 };
 
 export interface PeerGaugeSource {
   name: string;
+  /** this node's requests to the peer succeed */
   up: boolean;
+  link: 'up' | 'connecting' | 'down';
+  /** wall time of the last exchange in either direction */
   lastSeen: number | null;
+  /** wall time of the last shadow copy the peer confirmed */
+  lastPut: number | null;
 }
 
 /** State read at scrape time. */
@@ -87,6 +98,8 @@ export class Metrics implements RelayMetrics {
   private readonly promotedMessagesTotal: Counter<'peer'>;
   private readonly duplicateRiskTotal: Counter<'kind'>;
   private readonly reloadsTotal: Counter<'result'>;
+  private readonly replicationSeconds: Histogram<'peer'>;
+  private readonly reconnectsTotal: Counter<'peer'>;
 
   constructor(node: string, sources: MetricsSources) {
     const registers = [this.registry];
@@ -157,6 +170,19 @@ export class Metrics implements RelayMetrics {
       labelNames: ['result'],
       registers,
     });
+    this.replicationSeconds = new Histogram({
+      name: 'shadowrelay_replication_seconds',
+      help: 'Round trip of one shadow copy: sent to the peer until the peer confirmed it on disk',
+      labelNames: ['peer'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.reconnectsTotal = new Counter({
+      name: 'shadowrelay_peer_reconnects_total',
+      help: 'New replication sessions to the peer after one was lost or stopped answering',
+      labelNames: ['peer'],
+      registers,
+    });
     // start every labelled series at 0 so rate() works from the first scrape
     for (const r of ['shadow_unconfirmed', 'storage', 'relay_denied', 'too_big']) this.refusedTotal.inc({ reason: r }, 0);
     for (const o of ['delivered', 'deferred', 'bounced']) this.deliveriesTotal.inc({ outcome: o }, 0);
@@ -193,12 +219,33 @@ export class Metrics implements RelayMetrics {
     });
     new Gauge({
       name: 'shadowrelay_peer_up',
-      help: '1 when the shadow peer answered its last request or heartbeat',
+      help: "1 while this node's own requests to the shadow peer succeed (it could take a shadow copy now)",
       labelNames: ['peer'],
       registers,
       collect() {
         this.reset();
         for (const p of sources.peers()) this.set({ peer: p.name }, p.up ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'shadowrelay_peer_link_state',
+      help: 'State of the replication link to the peer, seen from this node: 1 for the current state',
+      labelNames: ['peer', 'state'],
+      registers,
+      collect() {
+        this.reset();
+        for (const p of sources.peers()) for (const state of ['up', 'connecting', 'down']) this.set({ peer: p.name, state }, p.link === state ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'shadowrelay_peer_last_put_age_seconds',
+      help: 'Seconds since the peer last confirmed a shadow copy (absent until it has confirmed one)',
+      labelNames: ['peer'],
+      registers,
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const p of sources.peers()) if (p.lastPut !== null) this.set({ peer: p.name }, Math.max(0, (now - p.lastPut) / 1000));
       },
     });
     new Gauge({
@@ -260,6 +307,14 @@ export class Metrics implements RelayMetrics {
 
   reload(ok: boolean): void {
     this.reloadsTotal.inc({ result: ok ? 'applied' : 'refused' });
+  }
+
+  replicated(peer: string, seconds: number): void {
+    this.replicationSeconds.observe({ peer }, seconds);
+  }
+
+  linkReconnect(peer: string): void {
+    this.reconnectsTotal.inc({ peer });
   }
 
   /** The exposition text and its content type. */

@@ -1,12 +1,26 @@
 /**
  * The primary side of the replication link to one peer: one warm HTTP/2 session over
  * mutual TLS (no handshake per message), many requests in flight on it, a deadline on each.
+ *
+ * Liveness is ours to build (Node's http2 client cancels a request that hits its deadline
+ * but keeps the session, and a session can outlive the socket behind it, or sit on a TCP
+ * connection a silent network will never deliver on):
+ * - connect + TLS handshake + the peer's SETTINGS must finish within `connectTimeoutMs`;
+ * - a request that hits its deadline destroys the session it was sent on, so the next
+ *   request opens a new one instead of queueing into a dead one;
+ * - an idle session is probed with an HTTP/2 PING every `pingIntervalMs`; a PING not
+ *   answered within `pingTimeoutMs` destroys the session;
+ * - a failed connect is retried after a capped, jittered backoff; until then requests fail
+ *   at once ('unreachable') rather than each waiting for a connect that will fail too.
+ * The link's state (`state`) is what this node's own requests saw, never what the peer's
+ * requests to us say.
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
 import type { TlsFiles } from './server.js';
 import { WINDOW } from './server.js';
 import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody } from './protocol.js';
+import { monotonicMs } from '../core/clock.js';
 
 export class PeerError extends Error {
   constructor(
@@ -20,33 +34,123 @@ export class PeerError extends Error {
   }
 }
 
+/** What the link can observe of one peer's session. */
+export interface PeerClientEvents {
+  /** a session finished its handshake (`reconnect`: not the first one) */
+  connected?(reconnect: boolean): void;
+  /** this node's requests succeed again (or for the first time) */
+  up?(): void;
+  /** this node's requests stopped succeeding, or the session was lost; `reason` says why */
+  down?(reason: string): void;
+  /** an HTTP/2 PING was answered after `ms` */
+  pinged?(ms: number): void;
+}
+
 export interface PeerClientOptions {
   name: string;
   host: string;
   port: number;
   tls: TlsFiles;
+  /** TCP connect + TLS handshake + SETTINGS (default 5000) */
+  connectTimeoutMs?: number;
+  /** PING an idle session this often; 0 = never (default 0) */
+  pingIntervalMs?: number;
+  /** a PING unanswered this long destroys the session (default 5000) */
+  pingTimeoutMs?: number;
+  /** first and longest wait before reconnecting after a failed connect (default 100 / 1000) */
+  backoffMs?: { initialMs: number; maxMs: number };
+  events?: PeerClientEvents;
+  /** jitter source (tests) */
+  random?: () => number;
 }
 
+type Session = http2.ClientHttp2Session;
+
 export class PeerClient {
-  private session: http2.ClientHttp2Session | undefined;
+  private session: Session | undefined;
   private closed = false;
+  /** consecutive failed connects (0 after a handshake succeeds) */
+  private failures = 0;
+  private retryAt = 0;
+  private lastError = '';
+  private everConnected = false;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private lastActivity = 0;
+  private pinging = false;
+  /** sessions whose handshake finished */
+  private readonly ready = new WeakSet<Session>();
+  /** sessions closed on purpose (certificate reload) */
+  private readonly retired = new WeakSet<Session>();
+  /**
+   * the last session was lost or the last connect failed, and no handshake has succeeded
+   * since: requests that can be refused at once (shadow puts) are, rather than each waiting
+   * on a connect the peer may never answer
+   */
+  private suspect = false;
+  /** this node's last request on the link succeeded (and its session still stands) */
+  private ok = false;
 
   constructor(private readonly o: PeerClientOptions) {}
-
-  /** New certificates (config reload): the current session closes once its requests finish. */
-  setTls(tls: TlsFiles): void {
-    this.o.tls = tls;
-    const s = this.session;
-    this.session = undefined;
-    if (s && !s.closed && !s.destroyed) s.close();
-  }
 
   get name(): string {
     return this.o.name;
   }
 
-  private connect(): http2.ClientHttp2Session {
-    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
+  /**
+   * 'up': the last request answered and its session still stands; 'connecting': a session
+   * is being made; 'down': no session (failed, lost, or none yet).
+   */
+  get state(): 'up' | 'connecting' | 'down' {
+    if (this.ok) return 'up';
+    const s = this.usable();
+    return s && !this.ready.has(s) ? 'connecting' : 'down';
+  }
+
+  private setOk(ok: boolean, reason = ''): void {
+    if (this.ok === ok) return;
+    this.ok = ok;
+    if (ok) this.o.events?.up?.();
+    else this.o.events?.down?.(reason);
+  }
+
+  /** New certificates (config reload): the current session closes once its requests finish. */
+  setTls(tls: TlsFiles): void {
+    this.o.tls = tls;
+    const s = this.session;
+    // the next request opens a session with the new certificates; this one finishes its requests
+    this.session = undefined;
+    if (s && !s.closed && !s.destroyed) {
+      this.retired.add(s);
+      s.close();
+    }
+  }
+
+  private usable(): Session | undefined {
+    const s = this.session;
+    return s && !s.closed && !s.destroyed ? s : undefined;
+  }
+
+  private connect(failFast: boolean): Session {
+    const current = this.usable();
+    if (current) {
+      if (failFast && this.suspect && !this.ready.has(current)) throw this.reconnecting();
+      return current;
+    }
+    const now = monotonicMs();
+    if (now < this.retryAt) {
+      throw new PeerError(`peer ${this.o.name}: reconnecting in ${Math.ceil(this.retryAt - now)} ms (last: ${this.lastError || 'connect failed'})`, 'unreachable');
+    }
+    const session = this.open();
+    // the attempt goes on without this request; the next one finds it done or failed
+    if (failFast && this.suspect) throw this.reconnecting();
+    return session;
+  }
+
+  private reconnecting(): PeerError {
+    return new PeerError(`peer ${this.o.name}: reconnecting (last: ${this.lastError || 'session lost'})`, 'unreachable');
+  }
+
+  private open(): Session {
     const { host, port, name } = this.o;
     const session = http2.connect(`https://${host.includes(':') ? `[${host}]` : host}:${port}`, {
       settings: { initialWindowSize: WINDOW },
@@ -66,42 +170,146 @@ export class PeerClient {
         return sock;
       },
     });
-    session.on('error', () => {
-      /* reported through the failing requests */
+    this.session = session;
+    this.lastActivity = monotonicMs();
+    let ready = false;
+    // a peer that accepts TCP but never finishes the handshake (frozen, black hole) must not
+    // hold the link in 'connecting' forever
+    const connectTimer = setTimeout(() => {
+      this.drop(session, `no TLS/HTTP2 handshake within ${this.connectTimeoutMs} ms`);
+    }, this.connectTimeoutMs);
+    connectTimer.unref();
+    session.on('error', (e: NodeJS.ErrnoException) => {
+      // reported through the failing requests; remembered for the backoff message
+      this.lastError = e.code ?? e.message;
+    });
+    // SETTINGS from the peer: the handshake is complete and the peer's HTTP/2 layer answers
+    session.once('remoteSettings', () => {
+      if (session.destroyed) return;
+      ready = true;
+      clearTimeout(connectTimer);
+      this.ready.add(session);
+      this.suspect = false;
+      this.failures = 0;
+      this.retryAt = 0;
+      const reconnect = this.everConnected;
+      this.everConnected = true;
+      this.o.events?.connected?.(reconnect);
     });
     // the session can be destroyed before 'connect' is delivered (peer stopping): then this throws
     session.on('connect', () => {
       if (!session.destroyed) session.setLocalWindowSize(WINDOW);
     });
-    session.on('close', () => {
+    // a GOAWAY (peer stopping, certificate reload) ends the session for new requests
+    session.on('goaway', () => {
       if (this.session === session) this.session = undefined;
     });
-    this.session = session;
+    session.on('close', () => {
+      clearTimeout(connectTimer);
+      // closed on purpose (client closed, new certificates): says nothing about the peer
+      if (this.closed || this.retired.has(session)) return;
+      if (this.session === session) {
+        this.session = undefined;
+        this.setOk(false, this.lastError || (ready ? 'session closed' : 'connect failed'));
+      }
+      this.suspect = true;
+      if (!ready) {
+        // a failed connect: wait before the next attempt, longer each time, jittered so
+        // many nodes do not reconnect in step
+        this.failures++;
+        const { initialMs, maxMs } = this.o.backoffMs ?? { initialMs: 100, maxMs: 1000 };
+        const wait = Math.min(maxMs, initialMs * 2 ** (this.failures - 1));
+        this.retryAt = monotonicMs() + wait * (0.5 + 0.5 * (this.o.random ?? Math.random)());
+      }
+    });
+    this.armPing();
     return session;
   }
 
+  private get connectTimeoutMs(): number {
+    return this.o.connectTimeoutMs ?? 5000;
+  }
+
+  /** Destroys `session` (if still ours to destroy) because it stopped answering. */
+  private drop(session: Session, reason: string): void {
+    if (session.destroyed) return;
+    this.lastError = reason;
+    if (this.session === session) {
+      this.session = undefined;
+      this.setOk(false, reason);
+    }
+    session.destroy();
+  }
+
+  private armPing(): void {
+    const every = this.o.pingIntervalMs ?? 0;
+    if (every <= 0 || this.pingTimer) return;
+    this.pingTimer = setInterval(() => this.pingIfIdle(every), every);
+    this.pingTimer.unref();
+  }
+
+  private pingIfIdle(every: number): void {
+    const s = this.usable();
+    if (!s || s.connecting || this.pinging || !this.ready.has(s)) return;
+    if (monotonicMs() - this.lastActivity < every) return;
+    this.pinging = true;
+    const timeout = this.o.pingTimeoutMs ?? 5000;
+    const timer = setTimeout(() => {
+      this.pinging = false;
+      this.drop(s, `PING not answered within ${timeout} ms`);
+    }, timeout);
+    timer.unref();
+    const sent = s.ping((err, ms) => {
+      clearTimeout(timer);
+      this.pinging = false;
+      if (err) return this.drop(s, `PING failed: ${err.message}`);
+      this.lastActivity = monotonicMs();
+      this.o.events?.pinged?.(ms);
+    });
+    if (!sent) {
+      clearTimeout(timer);
+      this.pinging = false;
+    }
+  }
+
   /** One request with a deadline. Resolves with status and body; rejects with PeerError. */
-  request(method: string, path: string, body: Buffer | Buffer[], timeoutMs: number): Promise<{ status: number; body: Buffer }> {
+  request(
+    method: string,
+    path: string,
+    body: Buffer | Buffer[],
+    timeoutMs: number,
+    opts: { failFast?: boolean } = {},
+  ): Promise<{ status: number; body: Buffer }> {
     if (this.closed) return Promise.reject(new PeerError('client closed', 'unreachable'));
     return new Promise((resolve, reject) => {
-      let session: http2.ClientHttp2Session;
+      let session: Session;
+      let req: http2.ClientHttp2Stream;
       try {
-        session = this.connect();
+        session = this.connect(opts.failFast ?? false);
+        req = session.request({ ':method': method, ':path': path, 'content-type': 'application/octet-stream' });
       } catch (e) {
-        return reject(new PeerError(`peer ${this.o.name}: ${(e as Error).message}`, 'unreachable'));
+        return reject(e instanceof PeerError ? e : new PeerError(`peer ${this.o.name}: ${(e as Error).message}`, 'unreachable'));
       }
       let done = false;
-      const req = session.request({ ':method': method, ':path': path, 'content-type': 'application/octet-stream' });
       const timer = setTimeout(() => {
-        finish(new PeerError(`peer ${this.o.name} did not answer within ${timeoutMs} ms`, 'timeout'));
-        req.close(http2.constants.NGHTTP2_CANCEL);
+        const err = new PeerError(`peer ${this.o.name} did not answer within ${timeoutMs} ms`, 'timeout');
+        finish(err);
+        // a session that let a request time out is not trusted with the next one
+        this.drop(session, err.message);
       }, timeoutMs);
-      const finish = (err: Error | null, status = 0, data: Buffer = Buffer.alloc(0)) => {
+      const finish = (err: PeerError | null, status = 0, data: Buffer = Buffer.alloc(0)) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
-        if (err) reject(err);
-        else resolve({ status, body: data });
+        if (err) {
+          if (this.session === session) this.setOk(false, err.message);
+          reject(err);
+        } else {
+          this.lastActivity = monotonicMs();
+          // an answer, even a refusal, proves this node reaches the peer
+          if (this.session === session) this.setOk(true);
+          resolve({ status, body: data });
+        }
       };
       let status = 0;
       const chunks: Buffer[] = [];
@@ -122,8 +330,8 @@ export class PeerClient {
     });
   }
 
-  private async json<T>(method: string, path: string, body: Buffer | Buffer[], timeoutMs: number, ok: number): Promise<T> {
-    const r = await this.request(method, path, body, timeoutMs);
+  private async json<T>(method: string, path: string, body: Buffer | Buffer[], timeoutMs: number, ok: number, failFast = false): Promise<T> {
+    const r = await this.request(method, path, body, timeoutMs, { failFast });
     if (r.status !== ok) {
       let msg = r.body.toString('utf8').slice(0, 200);
       try {
@@ -136,9 +344,12 @@ export class PeerClient {
     return JSON.parse(r.body.toString('utf8')) as T;
   }
 
-  /** Sends a shadow copy; resolves once the peer has it on disk. */
+  /**
+   * Sends a shadow copy; resolves once the peer has it on disk. Fails at once while the link
+   * is reconnecting after a loss (the client gets its 451 now, not after timeoutMs).
+   */
   async put(id: string, meta: PutMeta, raw: Buffer, timeoutMs: number): Promise<'stored' | 'exists'> {
-    const r = await this.json<{ result: 'stored' | 'exists' }>('PUT', `/v1/messages/${id}`, encodePutParts(meta, raw), timeoutMs, 201);
+    const r = await this.json<{ result: 'stored' | 'exists' }>('PUT', `/v1/messages/${id}`, encodePutParts(meta, raw), timeoutMs, 201, true);
     return r.result;
   }
 
@@ -183,6 +394,7 @@ export class PeerClient {
 
   close(): void {
     this.closed = true;
+    clearInterval(this.pingTimer);
     this.session?.destroy();
     this.session = undefined;
   }

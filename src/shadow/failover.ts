@@ -29,6 +29,7 @@ import type { Spool, DiscardResult } from '../spool/index.js';
 import type { PeerClient } from './client.js';
 import type { DiscardBody } from './protocol.js';
 import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
+import { monotonicMs } from '../core/clock.js';
 
 /** Counters the ops part can export as metrics. */
 export interface FailoverCounters {
@@ -65,8 +66,9 @@ export interface FailoverOptions {
   promoteAfterMs: number;
   maxShadowAgeMs: number;
   reconcileIntervalMs: number;
-  /** last successful exchange with a peer (either direction), or null */
+  /** monotonic time of the last successful exchange with a peer (either direction), or null */
   lastContact: (peer: string) => number | null;
+  /** this node's requests to the peer succeed (the link, from this side) */
   isUp: (peer: string) => boolean;
   /** shadow copies became deliverable here */
   onPromoted: () => void;
@@ -82,6 +84,7 @@ const VERIFY_BATCH = 500;
 interface PrimarySide {
   /** a reconcile with this peer is owed before delivering what it holds copies of */
   needed: boolean;
+  /** monotonic time the hold began */
   since: number;
   running: boolean;
 }
@@ -98,12 +101,13 @@ export class Failover {
     reconcileDropped: 0,
     holdsExpired: 0,
   };
-  private readonly startedAt = Date.now();
+  /** monotonic: durations must survive a wall-clock step */
+  private readonly startedAt = monotonicMs();
   private readonly incarnationOf = new Map<string, string>();
   private readonly promoting = new Set<string>();
   private readonly primary = new Map<string, PrimarySide>();
   private readonly cursor = new Map<string, { receivedAt: number; id: string }>();
-  private lastSweep = 0;
+  private lastSweep = -Infinity;
   private sweeping = false;
   private stopped = false;
 
@@ -127,18 +131,21 @@ export class Failover {
     void this.promote(peer, 'origin lost its spool', incarnation);
   }
 
-  /** Periodic: promotion of unreachable peers, orphan check, maximum age. */
-  async tick(now = Date.now()): Promise<void> {
+  /**
+   * Periodic: promotion of unreachable peers (timed on the monotonic clock `mono`), orphan
+   * check and maximum age (against the wall-clock arrival dates stored with the copies).
+   */
+  async tick(now = Date.now(), mono = monotonicMs()): Promise<void> {
     if (this.stopped) return;
     for (const c of this.o.clients) {
       const since = this.o.lastContact(c.name) ?? this.startedAt;
-      if (now - since >= this.o.promoteAfterMs && !this.promoting.has(c.name) && this.o.spool.hasShadowsFrom(c.name)) {
-        this.o.log.warn({ peer: c.name, unreachableMs: now - since }, 'peer unreachable for promoteAfterMs: promoting its shadow copies');
+      if (mono - since >= this.o.promoteAfterMs && !this.promoting.has(c.name) && this.o.spool.hasShadowsFrom(c.name)) {
+        this.o.log.warn({ peer: c.name, unreachableMs: Math.round(mono - since) }, 'peer unreachable for promoteAfterMs: promoting its shadow copies');
         await this.promote(c.name, 'origin unreachable');
       }
     }
-    if (now - this.lastSweep >= this.o.reconcileIntervalMs && !this.sweeping) {
-      this.lastSweep = now;
+    if (mono - this.lastSweep >= this.o.reconcileIntervalMs && !this.sweeping) {
+      this.lastSweep = mono;
       this.sweeping = true;
       try {
         await this.expireShadows(now);
@@ -252,7 +259,7 @@ export class Failover {
     if (!p) return;
     if (!p.needed) {
       p.needed = true;
-      p.since = Date.now();
+      p.since = monotonicMs();
     }
     void this.reconcileWith(peer);
   }
@@ -292,7 +299,7 @@ export class Failover {
    * Peers this node must reconcile with before delivering what they hold copies of. A hold
    * lasts at most promoteAfterMs (see the summary at the top).
    */
-  heldPeers(now = Date.now()): string[] {
+  heldPeers(now = monotonicMs()): string[] {
     const held: string[] = [];
     for (const [peer, p] of this.primary) {
       if (!p.needed) continue;
@@ -301,7 +308,7 @@ export class Failover {
         p.needed = false;
         this.counters.holdsExpired++;
         (this.o.metrics ?? noMetrics).duplicateRisk('delivered_without_reconcile');
-        this.o.log.warn({ peer, heldMs: now - p.since }, 'no reconcile with the peer within promoteAfterMs: delivering anyway (duplicate risk if it promoted)');
+        this.o.log.warn({ peer, heldMs: Math.round(now - p.since) }, 'no reconcile with the peer within promoteAfterMs: delivering anyway (duplicate risk if it promoted)');
       }
     }
     return held;

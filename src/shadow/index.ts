@@ -11,8 +11,12 @@
  *   batches and deletes them only once the peer confirms (retried until then).
  * - Discards are whole-message (every recipient done) or recipient-level (some done, so a
  *   promotion delivers only the rest).
- * - Heartbeats every `heartbeatMs` keep the peer's liveness and incarnation known; any
- *   successful exchange in either direction counts as contact.
+ * - Heartbeats every `heartbeatMs` keep the peer's liveness and incarnation known.
+ * - Two notions of a live peer, kept apart: the *link* is up only while this node's own
+ *   requests to the peer succeed (client.ts: dead sessions are replaced, reconnects back off)
+ *   — that is what replication, readiness and reconcile go by; *contact* is any successful
+ *   exchange in either direction — that is what promotion timing goes by (a peer that still
+ *   reaches us is alive, even if we cannot reach it).
  * - Promotion, reconcile, orphan and age checks live in failover.ts (summary there; README
  *   "Failure handling").
  */
@@ -23,6 +27,7 @@ import { ShadowServer, type TlsFiles } from './server.js';
 import { Failover, type FailoverCounters } from './failover.js';
 import { parseHostPort } from '../config/index.js';
 import type { RelayMetrics } from '../ops/metrics.js';
+import { monotonicMs } from '../core/clock.js';
 
 export { PeerError } from './client.js';
 export type { FailoverCounters } from './failover.js';
@@ -45,7 +50,7 @@ export interface ShadowLinkOptions {
   /** a reconcile lifted a hold on delivery */
   onReleased?: () => void;
   /** promotion and reconcile report promotions and duplicate-risk events here */
-  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
+  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk' | 'replicated' | 'linkReconnect'>;
 }
 
 /** Counters the ops part can export as metrics (failover ones: `failover.counters`). */
@@ -58,8 +63,27 @@ export interface LinkCounters {
 
 export interface PeerStatus {
   name: string;
+  /** this node's requests to the peer succeed (the link, seen from this side) */
   up: boolean;
+  /** 'up' | 'connecting' | 'down', from this side */
+  link: 'up' | 'connecting' | 'down';
+  /** wall time of the last successful exchange in either direction */
   lastSeen: number | null;
+  /** wall time of the last shadow copy the peer confirmed */
+  lastPut: number | null;
+  /** round trip of the last answered HTTP/2 PING or heartbeat, ms */
+  rttMs: number | null;
+  incarnation: string | null;
+  lastError: string | null;
+}
+
+interface PeerState {
+  name: string;
+  lastSeen: number | null;
+  /** monotonic time of the last contact (promotion timing) */
+  lastContact: number | null;
+  lastPut: number | null;
+  rttMs: number | null;
   incarnation: string | null;
   lastError: string | null;
 }
@@ -82,7 +106,7 @@ export class ShadowLink {
   readonly failover: Failover;
   private readonly server: ShadowServer;
   private readonly clients: PeerClient[];
-  private readonly status = new Map<string, PeerStatus>();
+  private readonly status = new Map<string, PeerState>();
   private hbTimer: NodeJS.Timeout | undefined;
   private discardTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
@@ -102,7 +126,7 @@ export class ShadowLink {
       spool: o.spool,
       log: o.log,
       hooks: {
-        contact: (peer, incarnation) => this.seen(peer, incarnation),
+        contact: (peer, incarnation) => this.contact(peer, incarnation),
         discard: (peer, body) => this.failover.applyDiscard(peer, body),
         reconcile: (peer, incarnation) => this.failover.answerReconcile(peer, incarnation),
         reconcileDone: (peer, ids) => this.failover.reconcileDone(peer, ids),
@@ -111,8 +135,30 @@ export class ShadowLink {
     });
     this.clients = o.peers.map((p) => {
       const hp = parseHostPort(p.address)!;
-      this.status.set(p.name, { name: p.name, up: false, lastSeen: null, incarnation: null, lastError: null });
-      return new PeerClient({ name: p.name, host: hp.host, port: hp.port, tls: o.tls });
+      this.status.set(p.name, { name: p.name, lastSeen: null, lastContact: null, lastPut: null, rttMs: null, incarnation: null, lastError: null });
+      return new PeerClient({
+        name: p.name,
+        host: hp.host,
+        port: hp.port,
+        tls: o.tls,
+        // a handshake takes milliseconds; waiting the whole request deadline for one that
+        // stalled would delay recovery after a silent fault
+        connectTimeoutMs: Math.min(o.timeoutMs, Math.max(1000, o.heartbeatMs)),
+        pingIntervalMs: o.heartbeatMs,
+        pingTimeoutMs: o.timeoutMs,
+        backoffMs: { initialMs: 100, maxMs: Math.min(1000, o.heartbeatMs) },
+        events: {
+          connected: (reconnect) => {
+            if (reconnect) this.o.metrics?.linkReconnect(p.name);
+            this.o.log.debug({ peer: p.name, reconnect }, 'shadow link session established');
+          },
+          up: () => this.linkUp(p.name),
+          down: (reason) => this.linkDown(p.name, reason),
+          pinged: (ms) => {
+            this.status.get(p.name)!.rttMs = ms;
+          },
+        },
+      });
     });
     this.failover = new Failover({
       nodeName: o.nodeName,
@@ -123,8 +169,8 @@ export class ShadowLink {
       promoteAfterMs: o.promoteAfterMs,
       maxShadowAgeMs: o.maxShadowAgeMs,
       reconcileIntervalMs: o.reconcileIntervalMs,
-      lastContact: (peer) => this.status.get(peer)?.lastSeen ?? null,
-      isUp: (peer) => this.status.get(peer)?.up ?? false,
+      lastContact: (peer) => this.status.get(peer)?.lastContact ?? null,
+      isUp: (peer) => this.isUp(peer),
       onPromoted: () => o.onPromoted?.(),
       onReleased: () => o.onReleased?.(),
       metrics: o.metrics,
@@ -160,13 +206,12 @@ export class ShadowLink {
     }
   }
 
-  private seen(peer: string, incarnation: string | null): void {
+  /** A successful exchange in either direction: the peer is alive (promotion timing). */
+  private contact(peer: string, incarnation: string | null): void {
     const s = this.status.get(peer);
     if (!s) return;
-    const wasUp = s.up;
-    s.up = true;
     s.lastSeen = Date.now();
-    s.lastError = null;
+    s.lastContact = monotonicMs();
     if (incarnation) {
       s.incarnation = incarnation;
       try {
@@ -175,11 +220,27 @@ export class ShadowLink {
         this.o.log.error({ peer, err: (err as Error).message }, 'incarnation check failed');
       }
     }
-    if (!wasUp) {
-      this.o.log.info({ peer }, 'shadow peer up');
-      this.pumpDiscards();
-      this.failover.peerUp(peer);
-    }
+  }
+
+  /** This node's requests reach the peer again (the client saw the transition). */
+  private linkUp(peer: string): void {
+    const s = this.status.get(peer);
+    if (!s || this.stopped) return;
+    s.lastError = null;
+    this.o.log.info({ peer }, 'shadow peer up');
+    this.pumpDiscards();
+    this.failover.peerUp(peer);
+  }
+
+  private linkDown(peer: string, reason: string): void {
+    const s = this.status.get(peer);
+    if (!s || this.stopped) return;
+    s.lastError = reason;
+    this.o.log.warn({ peer, err: reason }, 'shadow peer down');
+  }
+
+  private isUp(peer: string): boolean {
+    return this.clients.find((c) => c.name === peer)?.state === 'up';
   }
 
   /** Peers this node must reconcile with before delivering what they hold copies of. */
@@ -189,10 +250,7 @@ export class ShadowLink {
 
   private failed(peer: string, err: Error): void {
     const s = this.status.get(peer);
-    if (!s) return;
-    if (s.up) this.o.log.warn({ peer, err: err.message }, 'shadow peer down');
-    s.up = false;
-    s.lastError = err.message;
+    if (s) s.lastError = err.message;
   }
 
   /** Sends one heartbeat to every peer. Resolves when all have answered or failed. */
@@ -200,8 +258,10 @@ export class ShadowLink {
     await Promise.all(
       this.clients.map(async (c) => {
         try {
+          const t0 = monotonicMs();
           const r = await c.heartbeat({ name: this.o.nodeName, incarnation: this.o.spool.incarnation }, this.o.timeoutMs);
-          this.seen(c.name, r.incarnation);
+          this.status.get(c.name)!.rttMs = monotonicMs() - t0;
+          this.contact(c.name, r.incarnation);
         } catch (e) {
           this.failed(c.name, e as Error);
         }
@@ -218,19 +278,23 @@ export class ShadowLink {
     let last: Error | undefined;
     for (const c of this.clients) {
       try {
+        const t0 = monotonicMs();
         await c.put(
           m.id,
           { sender: m.sender, recipients: m.recipients, receivedAt: m.receivedAt, incarnation: this.o.spool.incarnation },
           m.body,
           this.o.timeoutMs,
         );
-        this.seen(c.name, null);
+        this.o.metrics?.replicated(c.name, (monotonicMs() - t0) / 1000);
+        this.contact(c.name, null);
+        const st = this.status.get(c.name);
+        if (st) st.lastPut = Date.now();
         this.counters.replicated++;
         return c.name;
       } catch (e) {
         this.counters.replicateFailed++;
         last = e as Error;
-        if ((e as PeerError).kind !== 'refused') this.failed(c.name, last);
+        this.failed(c.name, last);
       }
     }
     throw last ?? new PeerError('no peer configured', 'unreachable');
@@ -300,11 +364,16 @@ export class ShadowLink {
   }
 
   peers(): PeerStatus[] {
-    return [...this.status.values()].map((s) => ({ ...s }));
+    return this.clients.map((c) => {
+      const s = this.status.get(c.name)!;
+      const link = c.state;
+      return { name: s.name, up: link === 'up', link, lastSeen: s.lastSeen, lastPut: s.lastPut, rttMs: s.rttMs, incarnation: s.incarnation, lastError: s.lastError };
+    });
   }
 
+  /** Whether some peer could take a shadow copy now (this node's requests to it succeed). */
   anyPeerUp(): boolean {
-    return [...this.status.values()].some((s) => s.up);
+    return this.clients.some((c) => c.state === 'up');
   }
 
   async stop(): Promise<void> {
