@@ -112,6 +112,7 @@ export class Relay {
       nextHop: cfg.delivery.nextHop,
       concurrency: cfg.delivery.concurrency,
       retry: cfg.delivery.retry,
+      timeouts: cfg.delivery.timeouts,
       hostname: cfg.smtp.hostname,
       spool,
       log,

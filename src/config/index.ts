@@ -194,6 +194,16 @@ const schema = z
           })
           .strict()
           .default({ initialMs: 300000, maxMs: 4000000, maxAgeMs: 432000000 }),
+        // how long the next hop may take: TCP connect, the 220 greeting, and any silence
+        // within a session (a hung next hop holds a delivery slot this long)
+        timeouts: z
+          .object({
+            connectMs: positiveInt.default(30000),
+            greetingMs: positiveInt.default(30000),
+            socketMs: positiveInt.default(300000),
+          })
+          .strict()
+          .default({ connectMs: 30000, greetingMs: 30000, socketMs: 300000 }),
       })
       .strict(),
     admin: z
