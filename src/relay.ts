@@ -172,8 +172,8 @@ export class Relay {
         const onFailure = relay?.config.shadow.onFailure ?? cfg.shadow.onFailure;
         // a node that would answer 451 to every message is not ready: a load balancer or
         // Kubernetes sends the mail elsewhere
-        if (!shadow.anyPeerUp() && onFailure !== 'accept') {
-          const why = shadow.peers().map((p) => `${p.name} ${p.link}${p.lastError ? ` (${p.lastError})` : ''}`);
+        if (!shadow.canShadow() && onFailure !== 'accept') {
+          const why = shadow.peers().map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.lastError ? ` (${p.lastError})` : ''}`);
           reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
         }
         return { ready: reasons.length === 0, reasons };
@@ -269,6 +269,7 @@ export class Relay {
       const timeout = this.config.node.shutdownTimeoutMs;
       const deadline = Date.now() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      this.shadow.endDoubts();
       await this.smtp.drain(timeout);
       await this.delivery.stop(Math.max(0, deadline - Date.now()));
       await this.shadow.stop();

@@ -5,6 +5,10 @@
  * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
  * a discard is owed to the peers in case one stored a late copy. With the operator's
  * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
+ * A put that got no answer may still have left a copy on the peer: before answering 451
+ * the acceptor asks the peer (`resolve`), so a 451 is only ever sent when no copy exists or
+ * can appear; a copy that turns out to be there gets its 250; with no answer in time the
+ * connection is closed without a reply (the client retries, as after any lost reply).
  * Bounces take the same path (`settles` marks the failed recipients they report, in the same
  * transaction). If dropping an unacknowledged copy fails (storage error), the drop is retried
  * in the background: a 'spooled' row left behind would make the peer's late copy look known.
@@ -12,13 +16,15 @@
 import type { Logger } from 'pino';
 import type { Spool } from '../spool/index.js';
 import type { Acceptor, InboundMessage } from '../smtp/index.js';
-import { reply } from '../smtp/replies.js';
-import type { ReplicateInput } from '../shadow/index.js';
+import { reply, HangUp } from '../smtp/replies.js';
+import type { ReplicateInput, Resolution } from '../shadow/index.js';
 import type { RecipientDiscard } from '../spool/index.js';
 import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface Replicator {
   replicate(m: ReplicateInput): Promise<string>;
+  /** settles a copy whose put got no answer (the error's `maybeStoredOn`) */
+  resolve?(id: string, peers: string[]): Promise<Resolution>;
 }
 
 export interface AcceptCounters {
@@ -26,6 +32,10 @@ export interface AcceptCounters {
   degraded: number;
   refusedShadow: number;
   refusedStorage: number;
+  /** puts without an answer settled with the peer as held (250) */
+  resolvedHeld: number;
+  /** closed without a reply: the copy's fate stayed unknown */
+  hungUp: number;
 }
 
 export interface ShadowedAcceptorOptions {
@@ -40,7 +50,7 @@ export interface ShadowedAcceptorOptions {
 }
 
 export class ShadowedAcceptor implements Acceptor {
-  readonly counters: AcceptCounters = { accepted: 0, degraded: 0, refusedShadow: 0, refusedStorage: 0 };
+  readonly counters: AcceptCounters = { accepted: 0, degraded: 0, refusedShadow: 0, refusedStorage: 0, resolvedHeld: 0, hungUp: 0 };
 
   private readonly metrics: Pick<RelayMetrics, 'accepted' | 'refused'>;
 
@@ -82,10 +92,25 @@ export class ShadowedAcceptor implements Acceptor {
     }
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
 
-    let peer: string | null;
+    let peer: string | null = null;
     const replicated = await shadow;
+    const doubt = (replicated.err as { maybeStoredOn?: string[] } | null)?.maybeStoredOn;
+    let resolution: Resolution = 'absent';
+    if (replicated.err && doubt?.length && this.o.onFailure === 'reject' && this.o.replicator.resolve) {
+      resolution = await this.o.replicator.resolve(m.id, doubt);
+    }
     if (!replicated.err) {
       peer = replicated.peer;
+    } else if (typeof resolution === 'object') {
+      peer = resolution.held;
+      this.counters.resolvedHeld++;
+      log.info({ id: m.id, peer }, 'shadow copy confirmed after a doubt: the peer holds it');
+    } else if (resolution === 'unknown') {
+      this.counters.hungUp++;
+      this.metrics.refused('shadow_unknown');
+      await this.drop(m.id);
+      log.warn({ id: m.id, reason: replicated.err.message, peers: doubt }, 'closed without a reply: the peer may hold the shadow copy and could not be asked (neither 250 nor 451 would be true)');
+      throw new HangUp();
     } else {
       const reason = replicated.err.message;
       if (this.o.onFailure === 'accept') {

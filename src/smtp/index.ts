@@ -32,7 +32,7 @@
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { reply, SmtpReply } from './replies.js';
+import { reply, SmtpReply, HangUp } from './replies.js';
 import type { NetworkList } from './networks.js';
 import { newQueueId } from '../core/ids.js';
 import { HardenedServer, type HardenedConnection, type RawAddress, type Refusal } from './engine.js';
@@ -125,6 +125,7 @@ export function receivedHeader(
 interface LiveConnection {
   session: SMTPServerSession;
   send(code: number, text: string): void;
+  close(): void;
 }
 
 export class SmtpListener {
@@ -407,6 +408,11 @@ export class SmtpListener {
         (text) => cb(null, text),
         (err: unknown) => {
           if (err instanceof SmtpReply) return cb(err);
+          if (err instanceof HangUp) {
+            const conns = (this.server as unknown as { connections: Set<LiveConnection> }).connections;
+            for (const c of conns) if (c.session.id === sid) c.close();
+            return;
+          }
           this.o.log.error({ id, err }, 'accept failed unexpectedly');
           this.metrics.refused('internal');
           cb(reply(451, '4.3.0', 'Error: queue file write error'));

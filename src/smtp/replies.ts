@@ -30,3 +30,10 @@ export class SmtpReply extends Error {
 }
 
 export const reply = (code: number, enhanced: string, text: string) => new SmtpReply(code, enhanced, text);
+
+/**
+ * No reply at all: the connection is closed after DATA. For the one case where neither 250
+ * nor 4xx would be true (the shadow copy's fate is unknown); the client treats it as a
+ * failure and retries, as after any connection lost before the reply (RFC 5321 §4.1.1.4).
+ */
+export class HangUp extends Error {}
