@@ -35,7 +35,7 @@ const NS_PORTS = { smtp: 2525, shadow: 7000, admin: 9025, sink: 2600 };
 
 /** Timings every fault test starts from: recovery target = heartbeatMs + timeoutMs. */
 export const FAST = {
-  shadow: { heartbeatMs: 500, timeoutMs: 1500, promoteAfterMs: 4000, reconcileIntervalMs: 1000 },
+  shadow: { heartbeatMs: 500, timeoutMs: 1500, promoteAfterMs: 6000, reconcileIntervalMs: 1000 },
   delivery: {
     retry: { initialMs: 200, maxMs: 1000, maxAgeMs: 432000000 },
     timeouts: { connectMs: 2000, greetingMs: 2000, socketMs: 3000 },
@@ -44,6 +44,15 @@ export const FAST = {
 };
 
 const now = () => performance.now();
+
+/** Polls an async condition until it holds or the deadline passes. */
+export async function waitUntil(cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string, everyMs = 50): Promise<void> {
+  const end = now() + timeoutMs;
+  while (!(await cond())) {
+    if (now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
 
 /** A child process with its stdout JSON lines and the tail of its stderr. */
 export class Child {
@@ -215,7 +224,7 @@ export class FaultPair {
 
   /** Waits until each node's own requests reach the other (both /readyz 200). */
   async waitLinked(timeoutMs = 20000): Promise<void> {
-    await waitFor(async () => (await Promise.all(NODES.filter((n) => this.up(n)).map((n) => this.ready(n)))).every(Boolean), timeoutMs, 'both relays ready', 50);
+    await waitUntil(async () => (await Promise.all(NODES.filter((n) => this.up(n)).map((n) => this.ready(n)))).every(Boolean), timeoutMs, 'both relays ready');
   }
 
   async ready(name: NodeName): Promise<boolean> {
@@ -486,7 +495,12 @@ export class ShadowAudit {
         this.onDisk++;
         continue;
       }
-      if (this.fp.lines[peer].some((l) => l.msg === 'shadow stored' && l.id === item.e.id)) {
+      // the peer's own word that the copy was on its disk: it stored it, or (after a put
+      // whose answer was lost, e.g. it was killed right after the fsync) told the primary so
+      const id = item.e.id!;
+      const attested = (l: Record<string, unknown>) =>
+        (l.msg === 'shadow stored' && l.id === id) || (l.msg === 'resolve: told the primary which doubtful copies are held' && Array.isArray(l.held) && l.held.includes(id));
+      if (this.fp.lines[peer].some(attested)) {
         this.storedThenDiscarded++;
         continue;
       }
@@ -542,5 +556,10 @@ export async function settle(fp: FaultPair, traffic: Traffic, audit: ShadowAudit
   const line = `[${name}] ${parts.join(' | ')} | ${audit.summary} | ${fp.mode}`;
   process.stdout.write(line + '\n');
   if (f.lost.length || f.refusedDelivered.length) process.stdout.write(`[${name}] detail: ${formatFigures(f)}\n`);
+  for (const m of audit.missing) {
+    const id = /\((\w+) from/.exec(m)?.[1];
+    const story = NODES.flatMap((n) => fp.lines[n].filter((l) => l.id === id || (Array.isArray(l.ids) && (l.ids as string[]).includes(id!))).map((l) => `${n} ${String(l.time).slice(11, 23)} ${String(l.msg)}`));
+    process.stdout.write(`[${name}] no shadow seen for ${m}: ${story.join(' / ')}\n`);
+  }
   return { f, line };
 }

@@ -160,6 +160,10 @@ export class NetLab {
       must(['ip', '-n', ns, 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
       must(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
       must(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+      // connection tracking from the first SYN on: a connection it first sees mid-stream
+      // gets its direction from whichever packet came first (and conn-level drops hit the
+      // wrong side). A table of its own, never replaced, keeps it on.
+      if (which('nft')) must(['ip', 'netns', 'exec', ns, 'nft', '-f', '-'], 'table inet srtrack {\n  chain pre { type filter hook prerouting priority -150; policy accept; ct state new counter; }\n  chain out { type filter hook output priority -150; policy accept; ct state new counter; }\n}\n');
       this.nodes.set(name, { name, ns, ip });
     });
   }
