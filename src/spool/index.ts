@@ -368,3 +368,46 @@ export class Spool {
     return this.commits.close();
   }
 }
+
+// ---- what each consumer may use: one slice each ----------------------------------------
+// A part is handed only its slice, so what it can do to the spool is visible in its options.
+
+/** The accept path (core/accept.ts): spool a new message, then accept or drop it. */
+export interface AcceptSpool extends Pick<Spool, 'spoolPrimary' | 'markAccepted' | 'dropUnacked' | 'isClosed'> {}
+
+/** The delivery worker (delivery/): due messages, attempt outcomes, bounces settled. */
+export interface DeliverySpool
+  extends Pick<Spool, 'due' | 'nextDueAt' | 'get' | 'getWithBody' | 'recordAttempt' | 'settleFailures' | 'deferUntil' | 'isClosed'> {}
+
+/** The replication server (shadow/server.ts): stores the peers' copies. */
+export interface ServerSpool extends Pick<Spool, 'storeShadow' | 'incarnation'> {}
+
+/** Failover (shadow/failover.ts): discards applied, promotion, reconcile, orphan and age checks. */
+export interface FailoverSpool
+  extends Pick<
+    Spool,
+    | 'incarnation'
+    | 'purgeShadows'
+    | 'shadowRecipientsDone'
+    | 'promoteShadows'
+    | 'hasShadowsFrom'
+    | 'shadowIncarnations'
+    | 'promotedFor'
+    | 'forgetPromoted'
+    | 'prunePromoted'
+    | 'shadowsToVerify'
+    | 'dropShadows'
+    | 'oldShadows'
+    | 'dropPromotedByPeer'
+    | 'knownPrimaries'
+  > {}
+
+/** The replication link (shadow/index.ts): its server and failover, and the discards it pumps. */
+export interface LinkSpool
+  extends ServerSpool,
+    FailoverSpool,
+    Pick<Spool, 'owedDiscards' | 'owedRecipientDiscards' | 'discardsConfirmed' | 'recipientDiscardsConfirmed'> {}
+
+/** The queue tools (ops/queue.ts): inspection and operator actions. */
+export interface QueueSpool
+  extends Pick<Spool, 'list' | 'get' | 'detail' | 'getWithBody' | 'deferredIds' | 'hold' | 'release' | 'retryNow' | 'retryAllNow' | 'deletePrimary'> {}
