@@ -27,10 +27,11 @@
  *   free, so delivery bookkeeping and purges still work on a full spool.
  * - The schema is versioned in `meta.schema_version`; migrations run in order on open.
  *
- * This file is the `Spool` facade: each method names one transition and hands the work to
- * the part that does it — primary.ts, shadows.ts (and promotion), outbox.ts, operator.ts,
- * inspect.ts (recovery and reads) — on the connection schema.ts opens, with the statements
- * of statements.ts; writes go through the group commit (commit.ts). Types: types.ts.
+ * This file is the `Spool` facade: each method names one transition (or read) and hands the
+ * work to the part that does it — primary.ts, shadows.ts (and promotion), outbox.ts,
+ * operator.ts, inspect.ts (recovery and reads) — on the connection schema.ts opens, with the
+ * statements of statements.ts; writes go through the group commit (commit.ts). Types:
+ * types.ts. At the end: the slice of the spool each consumer is given.
  */
 import type Database from 'better-sqlite3';
 import { GroupCommit } from './commit.js';
@@ -99,7 +100,10 @@ export class Spool {
     return new Spool(db, file, opts);
   }
 
-  /** Runs `fn` in the next group commit; resolves once it is durable. */
+  /**
+   * Runs `fn` in the next group commit; resolves once it is durable. Protected: ThreadedSpool
+   * refuses it on its read-only connection (its writes run in the writer thread).
+   */
   protected write<T>(fn: () => T): Promise<T> {
     return this.commits.write(fn);
   }

@@ -1,6 +1,6 @@
 /**
- * Every SQL statement the parts run, prepared once per connection (the schema must exist
- * first). Only the spool writes SQL, and only through these.
+ * The statements the parts run, prepared once per connection after the schema exists (the
+ * migration and `meta` SQL stay in schema.ts).
  */
 import type Database from 'better-sqlite3';
 
