@@ -10,7 +10,7 @@
  * in the background: a 'spooled' row left behind would make the peer's late copy look known.
  */
 import type { Logger } from 'pino';
-import type { Spool } from '../spool/index.js';
+import type { AcceptSpool } from '../spool/index.js';
 import type { Acceptor, InboundMessage } from '../smtp/index.js';
 import { reply } from '../smtp/replies.js';
 import type { ReplicateInput } from '../shadow/index.js';
@@ -29,7 +29,7 @@ export interface AcceptCounters {
 }
 
 export interface ShadowedAcceptorOptions {
-  spool: Spool;
+  spool: AcceptSpool;
   replicator: Replicator;
   peerNames: string[];
   onFailure: 'reject' | 'accept';
