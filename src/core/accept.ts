@@ -14,7 +14,7 @@
  * in the background: a 'spooled' row left behind would make the peer's late copy look known.
  */
 import type { Logger } from 'pino';
-import type { Spool } from '../spool/index.js';
+import type { AcceptSpool } from '../spool/index.js';
 import type { Acceptor, InboundMessage } from '../smtp/index.js';
 import { reply, HangUp } from '../smtp/replies.js';
 import type { ReplicateInput, Resolution } from '../shadow/index.js';
@@ -39,7 +39,7 @@ export interface AcceptCounters {
 }
 
 export interface ShadowedAcceptorOptions {
-  spool: Spool;
+  spool: AcceptSpool;
   replicator: Replicator;
   peerNames: string[];
   onFailure: 'reject' | 'accept';

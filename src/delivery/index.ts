@@ -26,7 +26,7 @@
  */
 import { SmtpPool, type RawTransport } from './pool.js';
 import type { Logger } from 'pino';
-import type { Spool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
+import type { DeliverySpool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
 import { buildDsn, recipientFailure } from './dsn.js';
 import { newQueueId } from '../core/ids.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
@@ -39,7 +39,7 @@ export interface DeliveryOptions {
   /** next-hop connect, greeting and socket-silence deadlines (defaults 30 s, 30 s, 300 s) */
   timeouts?: { connectMs: number; greetingMs: number; socketMs: number };
   hostname: string;
-  spool: Spool;
+  spool: DeliverySpool;
   log: Logger;
   /** called after a message left the queue (all recipients final) */
   onPurged?: (id: string) => void;

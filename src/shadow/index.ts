@@ -21,7 +21,7 @@
  *   "Failure handling").
  */
 import type { Logger } from 'pino';
-import type { Spool } from '../spool/index.js';
+import type { LinkSpool } from '../spool/index.js';
 import { PeerClient, PeerError } from './client.js';
 import { ShadowServer, type TlsFiles } from './server.js';
 import { Failover, type FailoverCounters } from './failover.js';
@@ -43,7 +43,7 @@ export interface ShadowLinkOptions {
   maxShadowAgeMs: number;
   reconcileIntervalMs: number;
   maxMessageSize: number;
-  spool: Spool;
+  spool: LinkSpool;
   log: Logger;
   /** shadow copies were promoted: there is new work for the delivery worker */
   onPromoted?: () => void;
