@@ -168,10 +168,17 @@ describe('the next hop fails', () => {
       if (c.name.includes('reset')) expect(fp.nextHop.resets).toBeGreaterThan(0);
       expect(r.f.lost).toEqual([]);
       expect(r.f.refusedDelivered).toEqual([]);
-      expect(r.f.duplicateDeliveries).toBe(0);
       expect(audit.missing).toEqual([]);
+      // a black hole that begins between the next hop's commit and its reply swallows the
+      // reply: the relay must retry (or risk losing the message), so that one arrives twice —
+      // RFC 1047's window, the only duplicate allowed here, and only for a message the next
+      // hop had when the fault began
+      const late = r.f.duplicates.filter(([token]) => Math.min(...fp.received.filter((d) => d.token === token).map((d) => d.at)) > began + 250);
+      if (r.f.duplicateDeliveries) process.stdout.write(`[next hop: ${c.name}] duplicates: ${r.f.duplicates.map(([tk]) => tk).join(' ')} (the next hop had them when its replies were swallowed)\n`);
+      expect(late, 'duplicates other than the reply swallowed at the fault start').toEqual([]);
+      if (!c.name.includes('black hole')) expect(r.f.duplicateDeliveries).toBe(0);
       const m = await fp.metrics('relay-a');
-      expect(metricValue(m, 'shadowrelay_deliveries_total', { outcome: 'deferred' }) ?? 0).toBeGreaterThanOrEqual(0);
+      expect(metricValue(m, 'shadowrelay_deliveries_total', { outcome: 'deferred' }) ?? 0).toBeGreaterThan(0);
     }, 120000);
   }
 });
