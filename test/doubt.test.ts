@@ -11,6 +11,12 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { startPair, send, waitFor, freePort, queueIdOf, type Pair } from './helpers.js';
 import { TcpProxy } from './proxy.js';
+import http2 from 'node:http2';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { tmpDir } from './helpers.js';
+import { writeCertSet } from '../src/certs/index.js';
+import { PeerClient, PeerError } from '../src/shadow/client.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -106,4 +112,33 @@ describe('a shadow copy in doubt (stored by the peer, its answer lost)', () => {
     ab.heal();
     ba.heal();
   }, 60000);
+});
+
+describe('the link client: a request whose session is destroyed under it', () => {
+  it('rejects as unanswered (the peer may have acted on it) — never resolves as an answer with status 0', async () => {
+    const { dir, cleanup } = tmpDir('sr-doubt-');
+    cleanups.push(cleanup);
+    await writeCertSet(dir, ['relay-a', 'relay-b']);
+    const f = (n: string) => readFileSync(path.join(dir, n));
+    // a peer that takes requests and never answers (frozen after reading them)
+    const server = http2.createSecureServer({ ca: f('ca.crt'), cert: f('relay-b.crt'), key: f('relay-b.key'), requestCert: true });
+    const seen: string[] = [];
+    server.on('stream', (_s, h) => seen.push(String(h[':path'])));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const port = (server.address() as { port: number }).port;
+    const c = new PeerClient({ name: 'relay-b', host: '127.0.0.1', port, tls: { ca: f('ca.crt'), cert: f('relay-a.crt'), key: f('relay-a.key') } });
+    cleanups.push(() => c.close());
+    const put = c.request('PUT', '/v1/messages/ABCDEFGH12', Buffer.from('x'), 10000);
+    await waitFor(() => seen.length === 1, 5000, 'the peer got the put');
+    // another request times out first: its session, the put's too, is destroyed
+    await expect(c.request('POST', '/v1/heartbeat', Buffer.from('{}'), 200)).rejects.toBeInstanceOf(PeerError);
+    const err = await put.then(
+      (r) => new Error(`resolved as an answer: status ${r.status}`),
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(PeerError);
+    expect((err as PeerError).maybeDone).toBe(true);
+    expect(c.state).not.toBe('up');
+  }, 30000);
 });

@@ -330,7 +330,10 @@ export class PeerClient {
         status = Number(h[':status']);
       });
       req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => finish(null, status, Buffer.concat(chunks)));
+      // a stream of a session destroyed under it ends without response headers: no answer
+      req.on('end', () =>
+        status === 0 ? finish(unanswered(new PeerError(`peer ${this.o.name}: stream ended without a reply`, 'unreachable'))) : finish(null, status, Buffer.concat(chunks)),
+      );
       req.on('error', (e: NodeJS.ErrnoException) => finish(unanswered(new PeerError(`peer ${this.o.name}: ${e.code ?? e.message}`, 'unreachable'))));
       // 'close' follows every request; build its error (a stack capture) only when it is news
       req.on('close', () => done || finish(unanswered(new PeerError(`peer ${this.o.name}: stream closed without reply`, 'unreachable'))));
