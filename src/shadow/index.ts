@@ -321,14 +321,16 @@ export class ShadowLink {
 
   /**
    * Settles copies whose put got no answer (`replicate` said `maybeStoredOn`): asks those
-   * peers whether they hold it until one answers, at most until promoteAfterMs − timeoutMs
-   * after the failure (a cut-off peer promotes what it holds once promoteAfterMs passed
-   * without contact; the answer must come before). 'held': a peer has it on disk (the 250 is
+   * peers whether they hold it until one answers, for at most 2 × timeoutMs (and never past
+   * promoteAfterMs − timeoutMs: a cut-off peer promotes what it holds once promoteAfterMs
+   * passed without contact, so an answer must come before). 'held': a peer has it on disk (the 250 is
    * true); 'absent': none has it and none will take a late copy (the 451 is true);
    * 'unknown': no answer in time, or this node is stopping.
    */
   async resolve(id: string, peers: string[]): Promise<Resolution> {
-    const deadline = monotonicMs() + Math.max(this.o.timeoutMs, this.o.promoteAfterMs - this.o.timeoutMs);
+    // 2 × timeoutMs bounds how long the client waits; promoteAfterMs − timeoutMs keeps the
+    // answer ahead of any promotion by a cut-off peer
+    const deadline = monotonicMs() + Math.min(2 * this.o.timeoutMs, Math.max(this.o.timeoutMs, this.o.promoteAfterMs - this.o.timeoutMs));
     const open = new Set(peers);
     this.o.log.warn({ id, peers }, 'shadow copy in doubt (no answer from the peer): asking whether it stored it');
     while (!this.stopped && !this.doubtsEnded && monotonicMs() < deadline) {
