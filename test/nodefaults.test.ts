@@ -162,6 +162,7 @@ describe('the next hop fails', () => {
         'delivered during fault': deliveredDuring,
         'all delivered after healthy': fmt(drained),
         resets: fp.nextHop.resets,
+        'deferred as': String(NODES.flatMap((n) => fp.logged(n, 'deferred')).find((l) => (l.time as number) > 0)?.response ?? 'none').slice(0, 70),
       });
       expect(fp.received.length).toBeGreaterThan(deliveredBefore);
       expect(accepted, '250s go on while the next hop is sick').toBeGreaterThan(0);
