@@ -371,6 +371,11 @@ export interface TrafficOptions {
   pad?: number;
   /** client timeouts (a real MTA gives up on a silent server too) */
   timeoutMs?: number;
+  /**
+   * each client keeps to one relay while it may (client i → NODES[i % 2]): a client held by
+   * one relay (an answer in doubt waits up to 2 × timeoutMs) does not starve the other's load
+   */
+  pinned?: boolean;
 }
 
 /** Clients that each send one tagged message after another, with a timed ledger. */
@@ -387,18 +392,19 @@ export class Traffic {
 
   start(): this {
     this.running = true;
-    for (let i = 0; i < this.o.clients; i++) this.loops.push(this.loop());
+    for (let i = 0; i < this.o.clients; i++) this.loops.push(this.loop(i));
     return this;
   }
 
-  private async loop(): Promise<void> {
+  private async loop(i: number): Promise<void> {
     while (this.running) {
       const targets = this.o.targets().filter((n) => this.fp.addr[n]);
       if (targets.length === 0) {
         await new Promise((r) => setTimeout(r, 20));
         continue;
       }
-      const node = targets[Math.floor(this.o.rand() * targets.length)]!;
+      const own = NODES[i % NODES.length]!;
+      const node = this.o.pinned && targets.includes(own) ? own : targets[Math.floor(this.o.rand() * targets.length)]!;
       const e = await this.sendOne(node, `${this.o.prefix}${++this.seq}`);
       this.ledger.push(e);
       // a refused client backs off a little, as an MTA would
