@@ -142,3 +142,34 @@ describe('the link client: a request whose session is destroyed under it', () =>
     expect(c.state).not.toBe('up');
   }, 30000);
 });
+
+describe('the link client: reconnecting after a silent connect', () => {
+  it('a connect that timed out (nothing answers) is followed at once by a new one, not after a backoff', async () => {
+    const { dir, cleanup } = tmpDir('sr-doubt-');
+    cleanups.push(cleanup);
+    await writeCertSet(dir, ['relay-a', 'relay-b']);
+    const f = (n: string) => readFileSync(path.join(dir, n));
+    // a black hole: the TCP handshake completes, the TLS one never does
+    const net = await import('node:net');
+    const conns: import('node:net').Socket[] = [];
+    const hole = net.createServer((sock) => conns.push(sock));
+    await new Promise<void>((r) => hole.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise<void>((r) => (conns.forEach((x) => x.destroy()), hole.close(() => r()))));
+    const port = (hole.address() as { port: number }).port;
+    const c = new PeerClient({
+      name: 'relay-b',
+      host: '127.0.0.1',
+      port,
+      tls: { ca: f('ca.crt'), cert: f('relay-a.crt'), key: f('relay-a.key') },
+      connectTimeoutMs: 200,
+      backoffMs: { initialMs: 5000, maxMs: 5000 },
+    });
+    cleanups.push(() => c.close());
+    // requests keep coming (as a link's do); each connect times out after 200 ms. Before:
+    // after the first, "reconnecting in 2.5–5 s" without trying; now the next starts at once
+    const t0 = Date.now();
+    const ask = setInterval(() => void c.request('POST', '/v1/heartbeat', Buffer.from('{}'), 2000).catch(() => undefined), 20);
+    await waitFor(() => conns.length >= 3, 2000, 'three connection attempts').finally(() => clearInterval(ask));
+    expect(Date.now() - t0).toBeLessThan(2000);
+  }, 30000);
+});

@@ -180,9 +180,11 @@ export class PeerClient {
     this.session = session;
     this.lastActivity = monotonicMs();
     let ready = false;
+    let timedOut = false;
     // a peer that accepts TCP but never finishes the handshake (frozen, black hole) must not
     // hold the link in 'connecting' forever
     const connectTimer = setTimeout(() => {
+      timedOut = true;
       this.drop(session, `no TLS/HTTP2 handshake within ${this.connectTimeoutMs} ms`);
     }, this.connectTimeoutMs);
     connectTimer.unref();
@@ -227,7 +229,10 @@ export class PeerClient {
         this.failures++;
         const { initialMs, maxMs } = this.o.backoffMs ?? { initialMs: 100, maxMs: 1000 };
         const wait = Math.min(maxMs, initialMs * 2 ** (this.failures - 1));
-        this.retryAt = monotonicMs() + wait * (0.5 + 0.5 * (this.o.random ?? Math.random)());
+        // an attempt that timed out has already waited connectTimeoutMs (a silent network:
+        // its SYN may have been dropped just before the network came back), so the next one
+        // may start at once; a refused or failed one backs off
+        this.retryAt = timedOut ? 0 : monotonicMs() + wait * (0.5 + 0.5 * (this.o.random ?? Math.random)());
       }
     });
     this.armPing();
