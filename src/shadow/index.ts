@@ -323,15 +323,17 @@ export class ShadowLink {
    * Settles copies whose put got no answer (`replicate` said `maybeStoredOn`): asks those
    * peers whether they hold it until one answers, for at most 2 × timeoutMs (and never past
    * promoteAfterMs − timeoutMs: a cut-off peer promotes what it holds once promoteAfterMs
-   * passed without contact, so an answer must come before). 'held': a peer has it on disk (the 250 is
-   * true); 'absent': none has it and none will take a late copy (the 451 is true);
-   * 'unknown': no answer in time, or this node is stopping.
+   * passed without contact, so an answer must come before). 'held': a peer has it on disk
+   * (the 250 is true); 'absent': none has it and none will take a late copy (the 451 is
+   * true); 'unknown': no answer in time, a peer that cannot tell, or this node is stopping.
    */
   async resolve(id: string, peers: string[]): Promise<Resolution> {
     // 2 × timeoutMs bounds how long the client waits; promoteAfterMs − timeoutMs keeps the
     // answer ahead of any promotion by a cut-off peer
     const deadline = monotonicMs() + Math.min(2 * this.o.timeoutMs, Math.max(this.o.timeoutMs, this.o.promoteAfterMs - this.o.timeoutMs));
     const open = new Set(peers);
+    // answered, but not the question (an older peer without /v1/resolve: 404)
+    let unanswerable = false;
     this.o.log.warn({ id, peers }, 'shadow copy in doubt (no answer from the peer): asking whether it stored it');
     while (!this.stopped && !this.doubtsEnded && monotonicMs() < deadline) {
       for (const name of [...open]) {
@@ -345,11 +347,15 @@ export class ShadowLink {
           this.contact(name, null);
           if (held.includes(id)) return { held: name };
           open.delete(name);
-        } catch {
-          // not reachable yet: ask again shortly
+        } catch (e) {
+          if (e instanceof PeerError && e.kind === 'refused') {
+            open.delete(name);
+            unanswerable = true;
+          }
+          // otherwise not reachable yet: ask again shortly
         }
       }
-      if (open.size === 0) return 'absent';
+      if (open.size === 0) return unanswerable ? 'unknown' : 'absent';
       await new Promise((r) => setTimeout(r, 100));
     }
     return 'unknown';
