@@ -1,6 +1,6 @@
 /**
  * `npm run chaos` — the network nemesis: a seeded, Jepsen-style schedule of faults over the
- * network namespaces (test/netns.ts) while clients send to both relays. CHAOS_SECONDS long
+ * network namespaces (test/netns.ts) while six clients (three per relay, falling back to the other) send. CHAOS_SECONDS long
  * (default 120), CHAOS_SEED replays a schedule. One relay/network fault at a time — the
  * guarantee is about any single fault — each followed by a calm gap; a next-hop fault may
  * overlap it (the next hop is not in the path of a 250). The menu:
@@ -56,7 +56,7 @@ it(`chaos (network nemesis): ${SECONDS} s of seeded network, process and next-ho
   try {
     await fp.sinkUp();
     await fp.startBoth();
-    const t = new Traffic(fp, { clients: 4, rand, prefix: 'x', targets: () => NODES.filter((n) => fp.up(n) && !paused.has(n)) }).start();
+    const t = new Traffic(fp, { clients: 6, rand, prefix: 'x', pinned: true, targets: () => NODES.filter((n) => fp.up(n) && !paused.has(n)) }).start();
     traffic = t;
     audit = new ShadowAudit(fp, t).start();
     await t.more250(20);
@@ -168,9 +168,28 @@ it(`chaos (network nemesis): ${SECONDS} s of seeded network, process and next-ho
     });
 
     const end = t0 + SECONDS * 1000;
+    // the full-length flapping link (npm test runs it for 10 s), once, in a run long enough
+    let first: Fault | undefined =
+      !nftWhy && SECONDS >= 120
+        ? {
+            kind: 'flapping 30.0 s (full length)',
+            short: true,
+            apply: async () => {
+              const until = now() + 30000;
+              while (now() < until) {
+                fp.lab!.partition('relay-a', 'relay-b');
+                await run(between(200, 500));
+                fp.lab!.heal();
+                await run(between(200, 500));
+              }
+              return 30000;
+            },
+          }
+        : undefined;
     while (now() < end - 5000) {
       await run(between(1000, 4000)); // calm: the pair is whole again before the next fault
-      const f = pick(menu)();
+      const f = first ?? pick(menu)();
+      first = undefined;
       events[f.kind.replace(/ [\d.]+ s.*$/, '').replace(/relay-[ab]/g, 'relay')] = (events[f.kind.replace(/ [\d.]+ s.*$/, '').replace(/relay-[ab]/g, 'relay')] ?? 0) + 1;
       say(`fault: ${f.kind}`);
       const ms = await f.apply();
