@@ -44,6 +44,8 @@ export const FAST = {
 };
 
 const now = () => performance.now();
+/** the loopback fallback is announced once per test file */
+let saidLoopback = false;
 
 /** Polls an async condition until it holds or the deadline passes. */
 export async function waitUntil(cond: () => Promise<boolean> | boolean, timeoutMs: number, what: string, everyMs = 50): Promise<void> {
@@ -185,7 +187,8 @@ export class FaultPair {
       const overrides = deepMerge(deepMerge(FAST, { delivery: { nextHop: { host: hostIp, port: proxy.port, tls: 'none' } } }), o.overrides ?? {});
       const files = await writePairConfigs({ dir, sinkPort: proxy.port, overrides, nodeOverrides: perNode });
       const fp = new FaultPair(lab ? 'netns' : 'loopback', lab, dir, cleanup, files, proxy, sinkAt);
-      if (why) process.stdout.write(`[faults] network namespaces unavailable (${why}): relays run on loopback\n`);
+      if (why && !saidLoopback) process.stdout.write(`[faults] network namespaces unavailable (${why}): relays run on loopback\n`);
+      saidLoopback = true;
       return fp;
     } catch (e) {
       await proxy?.close();
