@@ -43,6 +43,23 @@ describe('body budget (smtp.maxBytesInFlight)', () => {
     expect(gate.bytesInFlight).toBe(0);
   });
 
+  it('reserves the mean recent size when no SIZE was declared, and lets waiters in in arrival order', async () => {
+    const budget = new BodyBudget(100 * 1024);
+    const admitted: string[] = [];
+    const a = await budget.enter(); // 64 KiB: the first mean
+    expect(budget.bytesInFlight).toBe(64 * 1024);
+    const b = budget.enter().then((t) => (admitted.push('b'), t)); // 64 more do not fit
+    const c = budget.enter(1).then((t) => (admitted.push('c'), t)); // 1 would, but b came first
+    await new Promise((r) => setImmediate(r));
+    expect(admitted).toEqual([]);
+    a.release();
+    const [tb, tc] = await Promise.all([b, c]);
+    expect(admitted).toEqual(['b', 'c']);
+    tb.release();
+    tc.release();
+    expect(budget.bytesInFlight).toBe(0);
+  });
+
   it('stays live with a tiny budget: concurrent messages all pass, abandoned ones free their bytes', async () => {
     const pair = await startPair({ smtp: { maxBytesInFlight: 64 * 1024 } });
     cleanups.push(() => pair.stop());
