@@ -11,7 +11,7 @@
  * copy look known.
  */
 import type { Logger } from 'pino';
-import type { Spool, RecipientDiscard } from '../spool/index.js';
+import type { AcceptSpool, RecipientDiscard } from '../spool/index.js';
 import type { Bounce } from '../delivery/index.js';
 import { reply } from '../base/replies.js';
 import type { Envelope, InboundMessage } from '../base/message.js';
@@ -32,7 +32,7 @@ export interface AcceptSettings {
 }
 
 export interface ShadowedAcceptorOptions extends AcceptSettings {
-  spool: Spool;
+  spool: AcceptSpool;
   replicator: Replicator;
   peerNames: string[];
   log: Logger;

@@ -26,7 +26,7 @@
  */
 import { SmtpPool, type RawTransport } from './pool.js';
 import type { Logger } from 'pino';
-import type { Spool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
+import type { DeliverySpool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
 import { buildDsn, recipientFailure } from './dsn.js';
 import { newQueueId } from '../base/ids.js';
 import { enhancedCodeOf } from '../base/replies.js';
@@ -40,7 +40,7 @@ export interface DeliveryOptions {
   concurrency: number;
   retry: { initialMs: number; maxMs: number; maxAgeMs: number };
   hostname: string;
-  spool: Spool;
+  spool: DeliverySpool;
   log: Logger;
   /** called after a message left the queue (all recipients final) */
   onPurged?: (id: string) => void;

@@ -12,7 +12,7 @@
  *   shadow copy, so the peer never promotes and delivers what the operator deleted.
  */
 import type { Logger } from 'pino';
-import type { Spool, MessageSummary, MessageDetail } from '../spool/index.js';
+import type { QueueSpool, MessageSummary, MessageDetail } from '../spool/index.js';
 import { headerSection } from '../base/message.js';
 
 export interface HistoryEntry {
@@ -57,7 +57,7 @@ function history(m: MessageDetail): HistoryEntry[] {
 }
 
 /** `queue show`: envelope, per-recipient state, history, headers (and the body when asked). */
-export function viewMessage(spool: Spool, id: string, withBody: boolean): MessageView | undefined {
+export function viewMessage(spool: QueueSpool, id: string, withBody: boolean): MessageView | undefined {
   const d = spool.detail(id);
   if (!d) return undefined;
   const raw = spool.getWithBody(id)?.body ?? Buffer.alloc(0);
@@ -67,7 +67,7 @@ export function viewMessage(spool: Spool, id: string, withBody: boolean): Messag
 }
 
 export interface QueueServiceOptions {
-  spool: Spool;
+  spool: QueueSpool;
   log: Logger;
   /** the delivery worker should look for due work now */
   wake: () => void;

@@ -25,7 +25,7 @@
  * nothing) or cut off (and the pair accepts duplicates, see README "Failure handling").
  */
 import type { Logger } from 'pino';
-import type { Spool, DiscardResult } from '../spool/index.js';
+import type { FailoverSpool, DiscardResult } from '../spool/index.js';
 import type { PeerClient } from './client.js';
 import type { DiscardBody } from './protocol.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
@@ -33,7 +33,7 @@ import { monotonicMs } from '../base/clock.js';
 
 export interface FailoverOptions {
   nodeName: string;
-  spool: Spool;
+  spool: FailoverSpool;
   log: Logger;
   clients: PeerClient[];
   /** the link's deadline per request (a reload may change it) */

@@ -21,7 +21,7 @@
  *   "Failure handling").
  */
 import type { Logger } from 'pino';
-import type { Spool } from '../spool/index.js';
+import type { LinkSpool } from '../spool/index.js';
 import { PeerClient, PeerError } from './client.js';
 import { ShadowServer, type TlsFiles } from './server.js';
 import { Failover, type FailoverMetrics } from './failover.js';
@@ -50,7 +50,7 @@ export interface ShadowLinkOptions extends ShadowLinkSettings {
   retryMaxAgeMs: number;
   reconcileIntervalMs: number;
   maxMessageSize: number;
-  spool: Spool;
+  spool: LinkSpool;
   log: Logger;
   /** shadow copies were promoted: there is new work for the delivery worker */
   onPromoted?: () => void;

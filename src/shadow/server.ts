@@ -14,7 +14,7 @@ import http2 from 'node:http2';
 import type { TLSSocket, PeerCertificate } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
-import type { Spool } from '../spool/index.js';
+import type { ServerSpool } from '../spool/index.js';
 import { decodePut, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody } from './protocol.js';
 import { sharedConcat } from '../base/buffers.js';
 import { listenOn } from '../base/net.js';
@@ -30,7 +30,7 @@ export interface ShadowServerOptions {
   peerNames: string[];
   tls: TlsFiles;
   maxBodyBytes: number;
-  spool: Spool;
+  spool: ServerSpool;
   log: Logger;
   hooks: ShadowServerHooks;
 }

@@ -14,15 +14,20 @@
  * queue up and go into its next transaction: the group commit now gathers everything that
  * arrived during the fsync. Durability is unchanged: a write resolves only after its commit.
  *
- * Every public write method of Spool must be listed in WRITES (a test checks that each
- * method of Spool is either forwarded or a known read); a write left out would fail loudly
- * on the read-only connection.
+ * Every public member of Spool is in exactly one list: WRITES (forwarded: the forwarders are
+ * generated from the list), READS, or OWN. A member in none — a new write not added to
+ * WRITES — is a compile error naming it. The compiler cannot see whether a method writes, so
+ * a write listed in READS still compiles: the thread test catches it, and on the read-only
+ * connection it would fail loudly.
  */
 import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Spool, type SpoolOptions } from './index.js';
+
+/** Spool's methods that return a promise: only those can wait for another thread's answer. */
+type AsyncMethod = { [K in keyof Spool]: Spool[K] extends (...a: never[]) => Promise<unknown> ? K : never }[keyof Spool];
 
 /** Methods of Spool that write: they run in the writer thread. */
 export const WRITES = [
@@ -48,7 +53,7 @@ export const WRITES = [
   'retryNow',
   'retryAllNow',
   'deletePrimary',
-] as const satisfies ReadonlyArray<keyof Spool>;
+] as const satisfies ReadonlyArray<AsyncMethod>;
 
 /** Methods of Spool that only read: they run on the caller's thread, on the read-only connection. */
 export const READS = [
@@ -74,7 +79,23 @@ export const READS = [
   'backup',
 ] as const satisfies ReadonlyArray<keyof Spool>;
 
+/** Members that are neither: data, and what ThreadedSpool does itself (recover, close). */
+const OWN = ['incarnation', 'file', 'isClosed', 'recover', 'close'] as const satisfies ReadonlyArray<keyof Spool>;
+
 type WriteName = (typeof WRITES)[number];
+
+/** Members of Spool in no list. ThreadedSpool implements them as `never`: none may exist. */
+type Unlisted = Exclude<keyof Spool, WriteName | (typeof READS)[number] | (typeof OWN)[number]>;
+
+/** The write methods, as ThreadedSpool forwards them: Spool's own signatures. */
+type Writes = Pick<Spool, WriteName>;
+
+/** One forwarder per name in WRITES, built from the list: none can be missing. */
+function forwarders(call: (method: WriteName, args: unknown[]) => Promise<unknown>): Writes {
+  // the cast is the one place types are taken on trust: each forwarder hands Spool's own
+  // arguments to the same method in the writer, which answers with that method's result
+  return Object.fromEntries(WRITES.map((method) => [method, (...args: unknown[]) => call(method, args)])) as unknown as Writes;
+}
 
 export interface WireError {
   name: string;
@@ -122,7 +143,7 @@ interface Waiter {
   reject: (e: Error) => void;
 }
 
-export class ThreadedSpool extends Spool {
+export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
   private readonly waiters = new Map<number, Waiter>();
   private seq = 0;
   private dead: Error | undefined;
@@ -137,6 +158,8 @@ export class ThreadedSpool extends Spool {
     onFatal: (err: Error) => void,
   ) {
     super(db, file, { ...opts, readonly: true });
+    // own properties: they take the place of Spool's write methods on this instance
+    Object.assign(this, forwarders((method, args) => this.forward(method, args)));
     worker.on('message', (m: WriterReply) => {
       if (m.type !== 'result') return;
       const w = this.waiters.get(m.seq);
@@ -188,86 +211,19 @@ export class ThreadedSpool extends Spool {
     return new ThreadedSpool(db, file, opts, worker, ready, onFatal);
   }
 
-  private forward<K extends WriteName>(method: K, args: Parameters<Spool[K]>): ReturnType<Spool[K]> {
-    if (this.dead) return Promise.reject(this.dead) as ReturnType<Spool[K]>;
-    if (this.stopping) return Promise.reject(new Error('spool is closed')) as ReturnType<Spool[K]>;
+  private forward(method: WriteName, args: unknown[]): Promise<unknown> {
+    if (this.dead) return Promise.reject(this.dead);
+    if (this.stopping) return Promise.reject(new Error('spool is closed'));
     const seq = ++this.seq;
     return new Promise<unknown>((resolve, reject) => {
       this.waiters.set(seq, { resolve, reject });
       this.worker.postMessage({ type: 'call', seq, method, args } satisfies WriterRequest);
-    }) as ReturnType<Spool[K]>;
+    });
   }
 
   protected override write<T>(): Promise<T> {
     // a write method not listed in WRITES reached the read-only connection
     return Promise.reject(new Error('spool: this write method is not forwarded to the writer thread (add it to WRITES)'));
-  }
-
-  override spoolPrimary(...a: Parameters<Spool['spoolPrimary']>) {
-    return this.forward('spoolPrimary', a);
-  }
-  override markAccepted(...a: Parameters<Spool['markAccepted']>) {
-    return this.forward('markAccepted', a);
-  }
-  override settleFailures(...a: Parameters<Spool['settleFailures']>) {
-    return this.forward('settleFailures', a);
-  }
-  override dropUnacked(...a: Parameters<Spool['dropUnacked']>) {
-    return this.forward('dropUnacked', a);
-  }
-  override recordAttempt(...a: Parameters<Spool['recordAttempt']>) {
-    return this.forward('recordAttempt', a);
-  }
-  override deferUntil(...a: Parameters<Spool['deferUntil']>) {
-    return this.forward('deferUntil', a);
-  }
-  override dropPromotedByPeer(...a: Parameters<Spool['dropPromotedByPeer']>) {
-    return this.forward('dropPromotedByPeer', a);
-  }
-  override storeShadow(...a: Parameters<Spool['storeShadow']>) {
-    return this.forward('storeShadow', a);
-  }
-  override purgeShadows(...a: Parameters<Spool['purgeShadows']>) {
-    return this.forward('purgeShadows', a);
-  }
-  override shadowRecipientsDone(...a: Parameters<Spool['shadowRecipientsDone']>) {
-    return this.forward('shadowRecipientsDone', a);
-  }
-  override promoteShadows(...a: Parameters<Spool['promoteShadows']>) {
-    return this.forward('promoteShadows', a);
-  }
-  override promotedFor(...a: Parameters<Spool['promotedFor']>) {
-    return this.forward('promotedFor', a);
-  }
-  override forgetPromoted(...a: Parameters<Spool['forgetPromoted']>) {
-    return this.forward('forgetPromoted', a);
-  }
-  override prunePromoted(...a: Parameters<Spool['prunePromoted']>) {
-    return this.forward('prunePromoted', a);
-  }
-  override dropShadows(...a: Parameters<Spool['dropShadows']>) {
-    return this.forward('dropShadows', a);
-  }
-  override discardsConfirmed(...a: Parameters<Spool['discardsConfirmed']>) {
-    return this.forward('discardsConfirmed', a);
-  }
-  override recipientDiscardsConfirmed(...a: Parameters<Spool['recipientDiscardsConfirmed']>) {
-    return this.forward('recipientDiscardsConfirmed', a);
-  }
-  override hold(...a: Parameters<Spool['hold']>) {
-    return this.forward('hold', a);
-  }
-  override release(...a: Parameters<Spool['release']>) {
-    return this.forward('release', a);
-  }
-  override retryNow(...a: Parameters<Spool['retryNow']>) {
-    return this.forward('retryNow', a);
-  }
-  override retryAllNow(...a: Parameters<Spool['retryAllNow']>) {
-    return this.forward('retryAllNow', a);
-  }
-  override deletePrimary(...a: Parameters<Spool['deletePrimary']>) {
-    return this.forward('deletePrimary', a);
   }
 
   /** Recovery ran in the writer thread when it opened the spool; this is its result. */

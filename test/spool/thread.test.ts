@@ -31,17 +31,17 @@ async function open(): Promise<{ spool: ThreadedSpool; dir: string; fatal: Error
 }
 
 describe('threaded spool', () => {
-  it('forwards every Spool method that writes (a write left on the read-only connection would fail)', () => {
-    const proto = Spool.prototype as unknown as Record<string, unknown>;
+  it('lists as WRITES exactly the Spool methods that write (the compiler sees only that each member is listed)', () => {
+    // a write listed in READS would fail on the read-only connection. Descriptors, not
+    // proto[n]: a getter read off the bare prototype has no instance behind it
+    const method = (n: string): unknown => Object.getOwnPropertyDescriptor(Spool.prototype, n)?.value;
     const writers = Object.getOwnPropertyNames(Spool.prototype).filter(
-      (n) => n !== 'constructor' && typeof proto[n] === 'function' && /this\.write\(/.test(String(proto[n])),
+      (n) => n !== 'constructor' && typeof method(n) === 'function' && /this\.write\(/.test(String(method(n))),
     );
     expect(writers.length).toBeGreaterThan(0);
-    for (const n of writers) {
-      expect(WRITES as readonly string[], `Spool.${n} writes: add it to WRITES and forward it`).toContain(n);
-      expect(Object.prototype.hasOwnProperty.call(ThreadedSpool.prototype, n), `ThreadedSpool must override ${n}`).toBe(true);
-    }
-    for (const n of [...WRITES, ...READS]) expect(typeof proto[n], n).toBe('function');
+    for (const n of writers) expect(WRITES as readonly string[], `Spool.${n} writes: list it in WRITES, not READS`).toContain(n);
+    expect([...WRITES].sort()).toEqual(writers.sort());
+    for (const n of [...WRITES, ...READS]) expect(typeof method(n), n).toBe('function');
   });
 
   it('writes resolve once durable and reads on this thread see them; data survives a reopen', async () => {

@@ -1,0 +1,97 @@
+/**
+ * The group-commit engine: the writes issued in one event-loop turn run in one transaction
+ * (one fsync), each in a savepoint of its own; a write resolves only once it is durable.
+ */
+import type Database from 'better-sqlite3';
+
+interface Pending {
+  fn: () => unknown;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+export class GroupCommit {
+  private pending: Pending[] = [];
+  private scheduled = false;
+  private closed = false;
+
+  constructor(private readonly db: Database.Database) {}
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Runs `fn` in the next group commit; resolves once it is durable. */
+  write<T>(fn: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('spool is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.schedule();
+    });
+  }
+
+  private schedule(): void {
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    const results: Array<{ ok: true; v: unknown } | { ok: false; e: unknown }> = [];
+    let culprit = -1;
+    try {
+      // IMMEDIATE: take the write lock up front, so a locked database costs one busy wait
+      // per batch, not one per write
+      this.db
+        .transaction(() => {
+          for (const [i, op] of batch.entries()) {
+            try {
+              // a nested transaction is a savepoint: a failing op rolls back alone ...
+              results.push({ ok: true, v: this.db.transaction(op.fn)() });
+            } catch (e) {
+              results.push({ ok: false, e });
+              // ... except when SQLite rolled the whole transaction back (SQLITE_FULL, IOERR)
+              if (!this.db.inTransaction) {
+                culprit = i;
+                throw e;
+              }
+            }
+          }
+        })
+        .immediate();
+    } catch (e) {
+      if (culprit >= 0) {
+        batch[culprit]!.reject(e);
+        // the others were rolled back with it and did nothing: run them again
+        this.pending = batch.filter((_, i) => i !== culprit).concat(this.pending);
+        if (this.pending.length) this.schedule();
+        return;
+      }
+      for (const op of batch) op.reject(e);
+      return;
+    }
+    batch.forEach((op, i) => {
+      const r = results[i]!;
+      if (r.ok) op.resolve(r.v);
+      else op.reject(r.e);
+    });
+  }
+
+  /**
+   * Commits what is queued (writes issued in this turn still make it), refuses new writes and
+   * closes the connection: the engine is its last user.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.pending.length) await new Promise<void>((r) => setImmediate(r));
+    // a batch SQLite rolled back is re-queued; each round settles at least one write
+    while (this.pending.length) this.flush();
+    this.closed = true;
+    this.db.close();
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * Start-up recovery, and the reads behind inspection (queue tools, gauges, tests): rows
+ * turned into summaries, counts, sizes.
+ */
+import { statSync } from 'node:fs';
+import { discardsPending } from './outbox.js';
+import type {
+  MessageDetail,
+  MessageRow,
+  MessageState,
+  MessageSummary,
+  MessageWithBody,
+  QueueStat,
+  RecipientState,
+  Role,
+  SpoolContext,
+} from './types.js';
+
+/** Synchronous, in a transaction of its own: it runs before the group commit has any work. */
+export function recover(c: SpoolContext, peers: string[]): { droppedUnacked: number } {
+  const n = c.db.transaction(() => {
+    const now = Date.now();
+    // a peer may have stored the copy before this node died
+    for (const { id } of c.st.spooledIds.all() as Array<{ id: string }>) {
+      for (const p of peers) c.st.outboxAdd.run(p, id, now);
+    }
+    return c.st.dropSpooled.run().changes;
+  })();
+  return { droppedUnacked: n };
+}
+
+export function get(c: SpoolContext, id: string): MessageSummary | undefined {
+  const row = c.st.getMsg.get(id) as MessageRow | undefined;
+  return row ? summary(c, row) : undefined;
+}
+
+export function getWithBody(c: SpoolContext, id: string): MessageWithBody | undefined {
+  const s = get(c, id);
+  if (!s) return undefined;
+  const { body } = c.st.getBody.get(id) as { body: Buffer };
+  return { ...s, body };
+}
+
+export function detail(c: SpoolContext, id: string): MessageDetail | undefined {
+  const s = get(c, id);
+  if (!s) return undefined;
+  const d = c.st.getDetail.get(id) as { client: string | null; origin_incarnation: string };
+  return { ...s, client: d.client, originIncarnation: d.origin_incarnation };
+}
+
+export function queueStats(c: SpoolContext): QueueStat[] {
+  return (c.st.stats.all() as Array<{ role: Role; state: MessageState; n: number; oldest: number }>).map((r) => ({
+    role: r.role,
+    state: r.state,
+    count: r.n,
+    oldestReceivedAt: r.oldest,
+  }));
+}
+
+export function diskBytes(c: SpoolContext): number {
+  let n = 0;
+  for (const f of [c.file, `${c.file}-wal`]) {
+    try {
+      n += statSync(f).size;
+    } catch {
+      /* no WAL file yet */
+    }
+  }
+  return n;
+}
+
+export function list(c: SpoolContext): MessageSummary[] {
+  return (c.st.all.all() as MessageRow[]).map((r) => summary(c, r));
+}
+
+export function counts(c: SpoolContext): { primary: number; shadow: number; outbox: number } {
+  const n = { primary: 0, shadow: 0, outbox: 0 };
+  for (const r of c.st.counts.all() as Array<{ role: Role; n: number }>) n[r.role] = r.n;
+  n.outbox = discardsPending(c);
+  return n;
+}
+
+function summary(c: SpoolContext, r: MessageRow): MessageSummary {
+  return {
+    id: r.id,
+    role: r.role,
+    state: r.state,
+    origin: r.origin,
+    sender: r.sender,
+    size: r.size,
+    receivedAt: r.received_at,
+    nextAttemptAt: r.next_attempt_at,
+    attempts: r.attempts,
+    lastError: r.last_error,
+    shadowPeer: r.shadow_peer,
+    recipients: (
+      c.st.getRcpts.all(r.id) as Array<{ idx: number; address: string; state: RecipientState; last_error: string | null; reported: number }>
+    ).map((x) => ({ idx: x.idx, address: x.address, state: x.state, lastError: x.last_error, reported: x.reported === 1 })),
+  };
+}

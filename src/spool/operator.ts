@@ -1,0 +1,39 @@
+/**
+ * Operator actions (the queue tools: hold, release, retry, flush, delete, backup). The
+ * writes here run inside a group commit (index.ts hands them to `write`).
+ */
+import { purgeLocked } from './primary.js';
+import type { MessageRow, SpoolContext } from './types.js';
+
+export function hold(c: SpoolContext, id: string): boolean {
+  return c.st.hold.run(id).changes === 1;
+}
+
+export function release(c: SpoolContext, id: string, now: number): boolean {
+  return c.st.release.run(now, id).changes === 1;
+}
+
+export function retryNow(c: SpoolContext, id: string, now: number): boolean {
+  return c.st.retryNow.run(now, id).changes === 1;
+}
+
+export function retryAllNow(c: SpoolContext, now: number): number {
+  return c.st.retryAllNow.run(now, now).changes;
+}
+
+export function deletePrimary(c: SpoolContext, id: string): string | null | undefined {
+  const msg = c.st.getMsg.get(id) as MessageRow | undefined;
+  // a spooled message is still being accepted: its client has no 250 yet
+  if (!msg || msg.role !== 'primary' || msg.state === 'spooled') return undefined;
+  purgeLocked(c, msg);
+  return msg.shadow_peer;
+}
+
+export function deferredIds(c: SpoolContext): string[] {
+  return (c.st.deferredIds.all() as Array<{ id: string }>).map((r) => r.id);
+}
+
+export async function backup(c: SpoolContext, dest: string): Promise<{ totalPages: number }> {
+  const r = await c.db.backup(dest);
+  return { totalPages: r.totalPages };
+}

@@ -1,0 +1,151 @@
+/**
+ * The spool's types: the public ones (index.ts re-exports them), the row shape SQLite hands
+ * back, and the context the parts share.
+ */
+import type Database from 'better-sqlite3';
+import type { Statements } from './statements.js';
+
+export type Role = 'primary' | 'shadow';
+export type MessageState = 'spooled' | 'queued' | 'held' | 'shadow';
+export type RecipientState = 'pending' | 'delivered' | 'failed';
+
+export interface NewMessage {
+  id: string;
+  sender: string;
+  recipients: string[];
+  body: Buffer;
+  receivedAt: number;
+  client?: string;
+}
+
+export interface ShadowCopy extends NewMessage {
+  origin: string;
+  originIncarnation: string;
+}
+
+export interface RecipientRow {
+  idx: number;
+  address: string;
+  state: RecipientState;
+  lastError: string | null;
+  /** a failed recipient whose bounce was accepted (or not needed) */
+  reported: boolean;
+}
+
+export interface MessageSummary {
+  id: string;
+  role: Role;
+  state: MessageState;
+  origin: string;
+  sender: string;
+  size: number;
+  receivedAt: number;
+  nextAttemptAt: number;
+  attempts: number;
+  lastError: string | null;
+  shadowPeer: string | null;
+  recipients: RecipientRow[];
+}
+
+export interface MessageWithBody extends MessageSummary {
+  body: Buffer;
+}
+
+/** What `queue show` needs beyond the summary. */
+export interface MessageDetail extends MessageSummary {
+  client: string | null;
+  originIncarnation: string;
+}
+
+/** One line of the queue gauges: how many messages of a role/state, and the oldest arrival. */
+export interface QueueStat {
+  role: Role;
+  state: MessageState;
+  count: number;
+  oldestReceivedAt: number;
+}
+
+export interface RecipientOutcome {
+  idx: number;
+  state: RecipientState;
+  error?: string;
+}
+
+export interface AttemptResult {
+  /** every recipient is final and the message was purged */
+  purged: boolean;
+  pending: number;
+  /** failed recipients still waiting for their bounce */
+  unreported: number;
+  /** the message was no longer in the spool (cancelled while the attempt ran) */
+  gone: boolean;
+}
+
+/** What a discard from a primary did to this node's copies. */
+export interface DiscardResult {
+  /** shadow copies purged */
+  purged: number;
+  /** promoted copies cancelled before this node finished them */
+  cancelled: string[];
+  /** ids (or id/recipient) both the origin and this node delivered */
+  duplicates: string[];
+}
+
+export interface PromotedMessage {
+  id: string;
+  origin: string;
+  pending: number;
+}
+
+export interface ShadowRef {
+  id: string;
+  origin: string;
+  originIncarnation: string;
+  receivedAt: number;
+}
+
+export interface RecipientDiscard {
+  id: string;
+  idx: number[];
+}
+
+export interface SpoolOptions {
+  /** this node's name: origin of the primaries it accepts */
+  node: string;
+  /** inspection only (queue tools while the daemon runs): no migration, no writes */
+  readonly?: boolean;
+  /**
+   * How long a write waits for a lock held by another connection. better-sqlite3 waits
+   * synchronously (the event loop stalls), so keep it short. Default 1000.
+   */
+  busyTimeoutMs?: number;
+  /** cap on the database size; 0 or absent = unlimited */
+  maxSizeBytes?: number;
+}
+
+/** A `messages` row as the statements select it (without client, incarnation and body). */
+export interface MessageRow {
+  id: string;
+  role: Role;
+  state: MessageState;
+  origin: string;
+  sender: string;
+  size: number;
+  received_at: number;
+  next_attempt_at: number;
+  attempts: number;
+  last_error: string | null;
+  shadow_peer: string | null;
+}
+
+/** What every part works on: the connection, its statements, this node's identity, the size caps. */
+export interface SpoolContext {
+  readonly db: Database.Database;
+  readonly st: Statements;
+  readonly file: string;
+  readonly node: string;
+  readonly incarnation: string;
+  /** hard page cap and the tighter cap for inserting a new message (0 = none) */
+  readonly maxPages: number;
+  readonly insertPages: number;
+}
