@@ -77,6 +77,7 @@ export type {
   ShadowRef,
   RecipientDiscard,
   SpoolOptions,
+  WritableSpoolOptions,
 } from './types.js';
 export { MIGRATIONS } from './schema.js';
 

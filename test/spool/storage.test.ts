@@ -110,7 +110,7 @@ describe('spool (real SQLite)', () => {
   it('a write that hits SQLITE_FULL fails alone: the other writes of its group commit run again and succeed', async () => {
     const { dir, cleanup } = tmpDir();
     cleanups.push(cleanup);
-    const spool = Spool.open(dir, { node: 'n', maxSizeBytes: 1048576 });
+    const spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000, maxSizeBytes: 1048576 });
     cleanups.push(() => spool.close());
     // one event-loop turn: one group commit; SQLite rolls the whole transaction back on FULL
     const r = await Promise.allSettled([
@@ -126,12 +126,12 @@ describe('spool (real SQLite)', () => {
   it('start-up recovery drops unacknowledged messages and owes every peer a discard for them', async () => {
     const { dir, cleanup } = tmpDir();
     cleanups.push(cleanup);
-    let spool = Spool.open(dir, { node: 'n' });
+    let spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
     await spool.spoolPrimary(msg('BBBBBBBB01'));
     await spool.spoolPrimary(msg('BBBBBBBB02'));
     await spool.markAccepted('BBBBBBBB02', 'peer-x');
     await spool.close();
-    spool = Spool.open(dir, { node: 'n' });
+    spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
     cleanups.push(() => spool.close());
     expect(spool.recover(['peer-x', 'peer-y'])).toEqual({ droppedUnacked: 1 });
     expect(spool.list().map((m) => [m.id, m.state])).toEqual([['BBBBBBBB02', 'queued']]);
@@ -151,7 +151,7 @@ describe('spool (real SQLite)', () => {
     ).run();
     db.prepare(`INSERT INTO recipients(message_id,idx,address,state) VALUES ('CCCCCCCC01',0,'r@x.test','failed')`).run();
     db.close();
-    const spool = Spool.open(dir, { node: 'n' });
+    const spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
     cleanups.push(() => spool.close());
     expect(spool.incarnation).toBe('inc-1');
     const m = spool.get('CCCCCCCC01')!;

@@ -25,7 +25,7 @@ const msg = (id: string, body = 'Subject: t\r\n\r\nhello\r\n') => ({
 async function open(): Promise<{ spool: ThreadedSpool; dir: string; fatal: Error[] }> {
   const { dir, cleanup } = tmpDir('sr-spool-thread-');
   const fatal: Error[] = [];
-  const spool = await ThreadedSpool.openThreaded(dir, { node: 'relay-a' }, { onFatal: (e) => fatal.push(e) });
+  const spool = await ThreadedSpool.openThreaded(dir, { node: 'relay-a', busyTimeoutMs: 1000 }, { onFatal: (e) => fatal.push(e) });
   cleanups.push(cleanup, () => spool.close());
   return { spool, dir, fatal };
 }
@@ -62,7 +62,7 @@ describe('threaded spool', () => {
     expect(spool.owedDiscards('relay-b', 10)).toEqual([ids[0]]);
     expect(spool.counts()).toEqual({ primary: 50, shadow: 1, outbox: 1 });
     await spool.close();
-    const again = Spool.open(dir, { node: 'relay-a' });
+    const again = Spool.open(dir, { node: 'relay-a', busyTimeoutMs: 1000 });
     expect(again.counts()).toEqual({ primary: 50, shadow: 1, outbox: 1 });
     await again.close();
   });
@@ -82,10 +82,10 @@ describe('threaded spool', () => {
   it('recovery runs in the writer thread on open: unacknowledged primaries are dropped', async () => {
     const { dir, cleanup } = tmpDir('sr-spool-thread-');
     cleanups.push(cleanup);
-    const plain = Spool.open(dir, { node: 'relay-a' });
+    const plain = Spool.open(dir, { node: 'relay-a', busyTimeoutMs: 1000 });
     await plain.spoolPrimary(msg('EEEEEEEE0001'));
     await plain.close();
-    const spool = await ThreadedSpool.openThreaded(dir, { node: 'relay-a' });
+    const spool = await ThreadedSpool.openThreaded(dir, { node: 'relay-a', busyTimeoutMs: 1000 });
     cleanups.push(() => spool.close());
     expect(spool.recover()).toEqual({ droppedUnacked: 1 });
     expect(spool.counts().primary).toBe(0);
