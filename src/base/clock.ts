@@ -1,7 +1,7 @@
 /**
- * Time for durations. Timeouts, promotion, holds and lockouts are measured on a monotonic
+ * Time for durations. Timeouts, promotion, reconcile waits and lockouts are measured on a monotonic
  * clock: an NTP step of the wall clock must neither promote a live primary's copies nor end
- * a hold early. Wall time (Date.now) is only for what is shown or stored as a date.
+ * a reconcile wait early. Wall time (Date.now) is only for what is shown or stored as a date.
  */
 import { performance } from 'node:perf_hooks';
 

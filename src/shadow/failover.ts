@@ -47,7 +47,7 @@ export interface FailoverOptions {
   isUp: (peer: string) => boolean;
   /** shadow copies became deliverable here */
   onPromoted: () => void;
-  /** a hold on delivery was lifted */
+  /** a reconcile ended a wait on delivery */
   onReleased: () => void;
   metrics?: FailoverMetrics;
 }

@@ -54,7 +54,7 @@ export interface ShadowLinkOptions extends ShadowLinkSettings {
   log: Logger;
   /** shadow copies were promoted: there is new work for the delivery worker */
   onPromoted?: () => void;
-  /** a reconcile lifted a hold on delivery */
+  /** a reconcile ended a wait on delivery */
   onReleased?: () => void;
   /** promotion and reconcile report promotions and duplicate-risk events here */
   metrics?: ShadowMetrics;
