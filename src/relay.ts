@@ -50,7 +50,11 @@ const settings = {
   }),
   shadow: (cfg: Config): ShadowLinkSettings => ({ tls: cfg.tls.shadow, timeoutMs: cfg.shadow.timeoutMs }),
   accept: (cfg: Config): AcceptSettings => ({ onFailure: cfg.shadow.onFailure, hostname: cfg.smtp.hostname }),
-  delivery: (cfg: Config): DeliverySettings => ({ ...cfg.delivery, hostname: cfg.smtp.hostname }),
+  delivery: (cfg: Config): DeliverySettings => ({
+    ...cfg.delivery,
+    nextHop: { ...cfg.delivery.nextHop, ca: cfg.tls.nextHopCa },
+    hostname: cfg.smtp.hostname,
+  }),
 };
 
 interface Parts {
@@ -197,8 +201,9 @@ export class Relay {
     this.shadow.reload(settings.shadow(next));
     this.acceptor.reload(settings.accept(next));
     this.smtp.reload(settings.smtp(next));
-    const delivery = settings.delivery(next);
-    if (JSON.stringify(settings.delivery(this.current)) !== JSON.stringify(delivery)) this.delivery.reload(delivery);
+    if (JSON.stringify(this.current.delivery) !== JSON.stringify(next.delivery) || this.current.smtp.hostname !== next.smtp.hostname) {
+      this.delivery.reload(settings.delivery(next));
+    }
     this.log.level = next.log.level;
     this.admin.setToken(adminToken(next));
     this.current = next;

@@ -222,6 +222,8 @@ export type ParsedConfig = z.infer<typeof schema> & { file: string };
 export interface TlsMaterial {
   shadow: { ca: Buffer; cert: Buffer; key: Buffer };
   smtp?: { cert: Buffer; key: Buffer };
+  /** delivery.nextHop.ca */
+  nextHopCa?: Buffer;
 }
 
 /** A configuration loaded from its file, with its TLS material. */
@@ -325,53 +327,34 @@ export function loadConfig(file: string): Config {
   }
   const cfg = parseConfig(doc.toJS(), file);
   const problems: string[] = [];
-  const mustRead = (key: string, p: string) => {
+  const read = (key: string, p: string): Buffer => {
     try {
-      readFileSync(p);
+      return readFileSync(p);
     } catch (e) {
       problems.push(`${key}: cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      return Buffer.alloc(0);
     }
   };
-  if (cfg.delivery.nextHop.ca) mustRead('delivery.nextHop.ca', cfg.delivery.nextHop.ca);
-  if (cfg.delivery.nextHop.auth?.passFile) mustRead('delivery.nextHop.auth.passFile', cfg.delivery.nextHop.auth.passFile);
-  let material: TlsMaterial | undefined;
-  try {
-    material = loadTlsMaterial(cfg);
-  } catch (e) {
-    problems.push((e as Error).message);
-  }
+  // every file is read here, once: the parts get the bytes
+  const smtp = cfg.smtp.tls && { cert: read('smtp.tls.cert', cfg.smtp.tls.cert), key: read('smtp.tls.key', cfg.smtp.tls.key) };
+  const nextHopCa = cfg.delivery.nextHop.ca ? read('delivery.nextHop.ca', cfg.delivery.nextHop.ca) : undefined;
+  if (cfg.delivery.nextHop.auth?.passFile) read('delivery.nextHop.auth.passFile', cfg.delivery.nextHop.auth.passFile);
+  const shadow = { ca: read('shadow.tls.ca', cfg.shadow.tls.ca), cert: read('shadow.tls.cert', cfg.shadow.tls.cert), key: read('shadow.tls.key', cfg.shadow.tls.key) };
   if (cfg.admin.tokenFile) {
-    mustRead('admin.tokenFile', cfg.admin.tokenFile);
+    read('admin.tokenFile', cfg.admin.tokenFile);
     if (!problems.length && !adminToken(cfg)) problems.push(`admin.tokenFile: ${cfg.admin.tokenFile} is empty`);
   }
-  if (problems.length || !material) throw new ConfigError(file, problems);
-  return { ...cfg, tls: material };
-}
-
-/** Reads every certificate and key the configuration names and proves they make a TLS context. */
-function loadTlsMaterial(cfg: ParsedConfig): TlsMaterial {
-  const read = (key: string, file: string) => {
-    try {
-      return readFileSync(file);
-    } catch (e) {
-      throw new Error(`${key}: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
-  };
-  const context = (key: string, m: { cert: Buffer; key: Buffer }) => {
+  if (problems.length) throw new ConfigError(file, problems);
+  // a key that does not match its certificate fails here, not halfway through a reload
+  for (const [key, m] of [['shadow.tls', shadow], ['smtp.tls', smtp]] as const) {
+    if (!m) continue;
     try {
       tls.createSecureContext(m);
     } catch (e) {
-      throw new Error(`${key}: ${(e as Error).message}`);
+      throw new ConfigError(file, [`${key}: ${(e as Error).message}`]);
     }
-  };
-  let smtp: TlsMaterial['smtp'];
-  if (cfg.smtp.tls) {
-    smtp = { cert: read('smtp.tls.cert', cfg.smtp.tls.cert), key: read('smtp.tls.key', cfg.smtp.tls.key) };
   }
-  const shadow = { ca: read('shadow.tls.ca', cfg.shadow.tls.ca), cert: read('shadow.tls.cert', cfg.shadow.tls.cert), key: read('shadow.tls.key', cfg.shadow.tls.key) };
-  context('shadow.tls', shadow);
-  if (smtp) context('smtp.tls', smtp);
-  return { shadow, smtp };
+  return { ...cfg, tls: { shadow, smtp: smtp || undefined, nextHopCa } };
 }
 
 /** The admin bearer token (`admin.token`, or the first line of `admin.tokenFile`), if any. */

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import YAML from 'yaml';
+import { formatHostPort } from '../../src/base/net.js';
 import {
   startPair,
   send,
@@ -291,7 +292,7 @@ describe('queue tools', () => {
     pair.sink.rcptPolicy = DEFER;
     const id = queueIdOf((await send(pair.a.addresses.smtp.port)).response);
     await waitFor(() => pair.a.spool.get(id)?.attempts === 1, 20000, 'first attempt');
-    const listen = pair.a.config.admin.listen;
+    const listen = formatHostPort(pair.a.config.admin.listen);
     await pair.a.stop();
 
     const list = await runCli(['queue', 'list', '--config', cfgA]);
