@@ -61,11 +61,11 @@ export class ShadowedAcceptor {
 
   /** A bounce is accepted like inbound mail (spooled, shadowed, then queued), as from this node itself. */
   async acceptBounce(b: Bounce): Promise<void> {
-    const { settles, ...envelope } = b;
-    await this.accept({ ...envelope, client: { address: 'local', helo: this.o.hostname } }, { settles });
+    const { bounceFor, ...envelope } = b;
+    await this.accept({ ...envelope, client: { address: 'local', helo: this.o.hostname } }, { bounceFor });
   }
 
-  async accept(m: InboundMessage, opts: { settles?: RecipientDiscard } = {}): Promise<string> {
+  async accept(m: InboundMessage, opts: { bounceFor?: RecipientDiscard } = {}): Promise<string> {
     const { spool, log } = this.o;
     const t0 = process.hrtime.bigint();
     const client = m.client.address;
@@ -110,7 +110,7 @@ export class ShadowedAcceptor {
       }
     }
     try {
-      await spool.markAccepted(m.id, peer, opts.settles);
+      await spool.markAccepted(m.id, peer, opts.bounceFor);
     } catch (err) {
       this.metrics.refused('storage');
       await this.drop(m.id);

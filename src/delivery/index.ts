@@ -66,10 +66,10 @@ export interface DeliverySettings {
   hostname: string;
 }
 
-/** A bounce to be accepted (from the null sender); `settles` marks the failed recipients it reports. */
+/** A bounce to be accepted (from the null sender); `bounceFor`: the failed recipients it reports (marked reported as it is accepted). */
 export interface Bounce extends Envelope {
   sender: '';
-  settles: RecipientDiscard;
+  bounceFor: RecipientDiscard;
 }
 
 interface SmtpError extends Error {
@@ -323,7 +323,7 @@ export class DeliveryWorker {
         recipients: failed.map((r) => recipientFailure(r.address, r.lastError, this.o.nextHop.host)),
         original: m.body,
       });
-      await this.o.submitBounce({ id: bounceId, sender: '', recipients: [m.sender], body, receivedAt: Date.now(), settles: { id, idx } });
+      await this.o.submitBounce({ id: bounceId, sender: '', recipients: [m.sender], body, receivedAt: Date.now(), bounceFor: { id, idx } });
     } catch (err) {
       this.metrics.bounce('deferred');
       const wait = backoffMs(m.attempts + 1, this.o.retry.initialMs, this.o.retry.maxMs);

@@ -13,10 +13,10 @@ afterEach(async () => {
 
 describe('body budget (smtp.maxBytesInFlight)', () => {
   it('admits by reservation, pauses all but the oldest past the budget, and lets waiters in as bytes leave', async () => {
-    const gate = new BodyBudget(100);
-    const a = await gate.enter(60);
-    let bIn: Awaited<ReturnType<typeof gate.enter>> | undefined;
-    const b = gate.enter(60).then((t) => (bIn = t));
+    const budget = new BodyBudget(100);
+    const a = await budget.enter(60);
+    let bIn: Awaited<ReturnType<typeof budget.enter>> | undefined;
+    const b = budget.enter(60).then((t) => (bIn = t));
     await new Promise((r) => setImmediate(r));
     expect(bIn).toBeUndefined(); // 60 + 60 > 100: waits
     expect(a.add(60)).toBe(true);
@@ -25,11 +25,11 @@ describe('body budget (smtp.maxBytesInFlight)', () => {
     expect(bIn).toBeDefined();
     // b is alone: it may exceed the budget (a message larger than the budget still passes)
     expect(bIn!.add(150)).toBe(true);
-    const c = await new Promise<Awaited<ReturnType<typeof gate.enter>>>((resolve) => {
-      void gate.enter(1).then(resolve);
+    const c = await new Promise<Awaited<ReturnType<typeof budget.enter>>>((resolve) => {
+      void budget.enter(1).then(resolve);
       bIn!.release();
     });
-    const d = await gate.enter(1);
+    const d = await budget.enter(1);
     // c is the oldest reading: it goes on; d pauses until the budget has room again
     expect(c.add(120)).toBe(true);
     expect(d.add(10)).toBe(false);
@@ -40,7 +40,7 @@ describe('body budget (smtp.maxBytesInFlight)', () => {
     expect(resumed).toBe(true);
     c.release();
     d.release();
-    expect(gate.bytesInFlight).toBe(0);
+    expect(budget.bytesInFlight).toBe(0);
   });
 
   it('reserves the mean recent size when no SIZE was declared, and lets waiters in in arrival order', async () => {
@@ -81,7 +81,7 @@ describe('body budget (smtp.maxBytesInFlight)', () => {
     await new Promise((r) => setTimeout(r, 100));
     for (const c of leavers) c.close();
     // 12 × 100 KB at once through a 64 KB budget
-    const body = (n: number) => `Subject: gate ${n}\r\nMessage-ID: <gate-${n}@test>\r\n\r\n` + `${'q'.repeat(98)}\r\n`.repeat(1000);
+    const body = (n: number) => `Subject: budget ${n}\r\nMessage-ID: <budget-${n}@test>\r\n\r\n` + `${'q'.repeat(98)}\r\n`.repeat(1000);
     const results = await Promise.all(Array.from({ length: 12 }, (_, n) => send(port, { raw: body(n) })));
     expect(results.map((r) => r.code)).toEqual(Array(12).fill(250));
     await waitFor(() => pair.sink.messages.length === 12, 30000, 'all 12 delivered');
