@@ -44,7 +44,11 @@ const hostPort = z.string().transform((s, ctx): HostPort => {
   return z.NEVER;
 });
 
-/** Marks keys whose change needs a restart (a reload that changes one is refused). */
+/**
+ * Marks a key whose change needs a restart (a reload that changes one is refused). Wrap the
+ * key's whole schema: a method called on the result (`.strict()`, `.default()`) makes a new
+ * schema without the mark (test/config pins the list).
+ */
 const restartOnly = z.registry<Record<string, never>>();
 function restart<T extends z.ZodType>(t: T): T {
   const marked = t.clone();
@@ -109,13 +113,15 @@ const smtpAuth = z
 const schema = z
   .object({
     node: restart(
-      z.object({
-        name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
-        dataDir: z.string().min(1),
-        // SIGTERM/SIGINT: how long transactions and deliveries in flight may take to finish
-        shutdownTimeoutMs: positiveInt.default(30000),
-      }),
-    ).strict(),
+      z
+        .object({
+          name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
+          dataDir: z.string().min(1),
+          // SIGTERM/SIGINT: how long transactions and deliveries in flight may take to finish
+          shutdownTimeoutMs: positiveInt.default(30000),
+        })
+        .strict(),
+    ),
     smtp: z
       .object({
         listen: restart(hostPort),
@@ -154,19 +160,20 @@ const schema = z
       })
       .strict(),
     spool: restart(
-      z.object({
-        // 0 = no cap; otherwise at least 1 MiB
-        maxSizeBytes: z
-          .number()
-          .int()
-          .min(0)
-          .refine((n) => n === 0 || n >= 1048576, { message: 'must be 0 (no cap) or at least 1048576' })
-          .default(0),
-        busyTimeoutMs: z.number().int().min(0).default(1000),
-      }),
-    )
-      .strict()
-      .prefault({}),
+      z
+        .object({
+          // 0 = no cap; otherwise at least 1 MiB
+          maxSizeBytes: z
+            .number()
+            .int()
+            .min(0)
+            .refine((n) => n === 0 || n >= 1048576, { message: 'must be 0 (no cap) or at least 1048576' })
+            .default(0),
+          busyTimeoutMs: z.number().int().min(0).default(1000),
+        })
+        .strict()
+        .prefault({}),
+    ),
     delivery: z
       .object({
         nextHop: z
