@@ -166,6 +166,8 @@ describe('Docker image and compose pair', () => {
     const files = (JSON.parse(r.stdout) as Array<{ files: Array<{ path: string }> }>)[0]!.files.map((f) => f.path);
     expect(files).toContain('dist/cli.js');
     expect(files.filter((f) => /^(dist-tools|tools|test|src)\//.test(f) || /(bench|sink|demo|pair)\.js$/.test(f))).toEqual([]);
+    // nor certificates someone made in the checkout (`certs init --out config/certs`)
+    expect(files.filter((f) => /\.(key|crt)$/.test(f))).toEqual([]);
   });
 
   it('docker-compose.yml: a pair with a one-shot certs service and a sink, spools on volumes', () => {
