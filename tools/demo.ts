@@ -1,7 +1,7 @@
 /**
- * `shadowrelay demo`: the main job on loopback. Makes a CA and two node certificates in a
- * temp dir, starts relay-a and relay-b (each the other's shadow peer) and a sink as next
- * hop, sends one message through relay-a and prints its lifecycle.
+ * `npm run demo` (tools/cli.ts demo): the main job on loopback. Makes a CA and two node
+ * certificates in a temp dir, starts relay-a and relay-b (each the other's shadow peer) and
+ * a sink as next hop, sends one message through relay-a and prints its lifecycle.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';

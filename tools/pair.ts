@@ -1,6 +1,6 @@
 /**
  * Writes the configuration of a loopback pair (relay-a ⇄ relay-b, each the other's shadow
- * peer) with its own CA and certificates. Used by `shadowrelay demo`, the tests and the
+ * peer) with its own CA and certificates. Used by the demo, the tests and the
  * benchmark, so all three run the same embedded default.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';

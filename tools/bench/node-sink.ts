@@ -2,7 +2,7 @@
  * Fallback next hop for the benchmark when Postfix's smtp-sink is not installed: an
  * smtp-server that throws every message away and prints a running count in smtp-sink's
  * `-c` format (`mesg=N`), so the benchmark reads both the same way.
- * Usage: node dist/bench/node-sink.js <port>
+ * Usage: node dist-tools/tools/bench/node-sink.js <port>
  */
 import { SMTPServer } from 'smtp-server';
 
