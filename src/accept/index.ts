@@ -73,8 +73,9 @@ export class ShadowedAcceptor {
     // the guarantee is the same, and the client waits for one fsync less. A copy the peer
     // stores while the local write fails (452) or the node dies is an orphan, as with a 451:
     // a discard is owed, and the peer's orphan check drops what this node does not know.
+    const { client: _from, ...envelope } = m; // the spool keeps the client address only
     const local = spool
-      .spoolPrimary({ id: m.id, sender: m.sender, recipients: m.recipients, body: m.body, receivedAt: m.receivedAt, client })
+      .spoolPrimary({ ...envelope, client })
       .then(
         () => null,
         (err: unknown) => err as Error,
