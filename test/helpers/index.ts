@@ -267,6 +267,27 @@ export class RawSmtp {
     });
   }
 
+  /**
+   * Connects and runs a transaction up to DATA (greeting, EHLO, MAIL, RCPT, DATA), throwing
+   * on any other reply; resolves with the client ready for the message bytes.
+   */
+  static async openData(port: number, o: { helo?: string; from: string; to: string }): Promise<RawSmtp> {
+    const c = await RawSmtp.connect(port);
+    const step = async (line: string | null, want: RegExp) => {
+      const r = line === null ? await c.reply() : await c.cmd(line);
+      if (!r || !want.test(r)) {
+        c.close();
+        throw new Error(`${line ?? 'greeting'}: unexpected reply ${JSON.stringify(r)}`);
+      }
+    };
+    await step(null, /^220 /);
+    await step(`EHLO ${o.helo ?? 'client.test'}`, /^250/);
+    await step(`MAIL FROM:<${o.from}>`, /^250 /);
+    await step(`RCPT TO:<${o.to}>`, /^250 /);
+    await step('DATA', /^354/);
+    return c;
+  }
+
   /** Next complete reply (multi-line replies joined), or null if the server closed. */
   async reply(timeoutMs = 20000): Promise<string | null> {
     const end = Date.now() + timeoutMs;

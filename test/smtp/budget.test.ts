@@ -68,12 +68,7 @@ describe('body budget (smtp.maxBytesInFlight)', () => {
     // for the budget when they leave; the bytes of all of them must come back
     const leavers = await Promise.all(
       Array.from({ length: 4 }, async () => {
-        const c = await RawSmtp.connect(port);
-        await c.reply();
-        expect(await c.cmd('EHLO leaver.test')).toMatch(/^250/);
-        expect(await c.cmd('MAIL FROM:<a@example.test>')).toMatch(/^250/);
-        expect(await c.cmd('RCPT TO:<b@example.test>')).toMatch(/^250/);
-        expect(await c.cmd('DATA')).toMatch(/^354/);
+        const c = await RawSmtp.openData(port, { helo: 'leaver.test', from: 'a@example.test', to: 'b@example.test' });
         c.write('Subject: partial\r\n\r\n' + 'y'.repeat(50_000));
         return c;
       }),

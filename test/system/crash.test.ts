@@ -252,13 +252,8 @@ describe('graceful stop', () => {
     await waitFor(() => load.ledger.filter((e) => e.outcome === '250').length >= 10, 30000, 'some load accepted');
 
     const { RawSmtp } = await import('../helpers/index.js');
-    const inflight = await RawSmtp.connect(port);
+    const inflight = await RawSmtp.openData(port, { from: 'load@example.test', to: 'sink@example.test' });
     cleanups.push(() => inflight.close());
-    expect(await inflight.reply()).toMatch(/^220 /);
-    await inflight.cmd('EHLO client.test');
-    expect(await inflight.cmd('MAIL FROM:<load@example.test>')).toMatch(/^250/);
-    expect(await inflight.cmd('RCPT TO:<sink@example.test>')).toMatch(/^250/);
-    expect(await inflight.cmd('DATA')).toMatch(/^354/);
     inflight.write('Subject: load inflight1\r\n\r\nhalf of the body\r\n');
 
     const t0 = Date.now();
