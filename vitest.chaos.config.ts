@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 // `npm run chaos`: the bounded chaos run, not part of `npm test`
 export default defineConfig({
   test: {
-    include: ['test/chaos.run.ts'],
+    include: ['test/system/chaos.run.ts'],
     testTimeout: 900000,
     hookTimeout: 60000,
   },

@@ -7,7 +7,7 @@
  * Passwords and AUTH blobs are never logged (smtp-server's own logger is off; we log the
  * user name and the client address only).
  */
-import { hashPassword, verifyPassword } from './passwords.js';
+import { hashPassword, verifyPassword } from '../passwords/index.js';
 
 export interface AuthUser {
   username: string;
