@@ -16,7 +16,6 @@ afterEach(async () => {
 async function setup(
   nextHop: Record<string, unknown>,
   sinkOf: (certDir: string) => Promise<SinkOptions> | SinkOptions,
-  attempt = 1,
 ): Promise<{ pair: Pair; sink: Sink }> {
   const port = await freePort();
   const pair: Pair = await startPair({}, { 'relay-a': { delivery: { nextHop: { host: '127.0.0.1', port, ...nextHop } } } });
@@ -24,9 +23,7 @@ async function setup(
   try {
     await sink.listen(port);
   } catch (e) {
-    // the port was free a moment ago; something else (a parallel suite) took it meanwhile
     await pair.stop();
-    if ((e as NodeJS.ErrnoException).code === 'EADDRINUSE' && attempt < 3) return setup(nextHop, sinkOf, attempt + 1);
     throw e;
   }
   cleanups.push(async () => {

@@ -68,7 +68,6 @@ export async function startPair(
   overrides: Record<string, unknown> = {},
   nodeOverrides: Record<string, Record<string, unknown>> = {},
   opts: { sinkDown?: boolean } = {},
-  attempt = 1,
 ): Promise<Pair> {
   const { dir, cleanup } = tmpDir();
   const sink = new Sink();
@@ -85,20 +84,10 @@ export async function startPair(
     running.set(name, r);
     return r;
   };
-  let a: Relay;
-  let b: Relay;
-  try {
-    b = await start('relay-b');
-    a = await start('relay-a');
-  } catch (e) {
-    // the replication ports are picked before the nodes bind them (each config names the
-    // other's); another process on this busy machine may take one in between: pick again
-    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 3) throw e;
-    await Promise.all([...running.values()].map((r) => r.stop()));
-    if (sinkOpen) await sink.close();
-    cleanup();
-    return startPair(overrides, nodeOverrides, opts, attempt + 1);
-  }
+  // the replication ports were picked before the nodes bind them (freePort: outside the
+  // ephemeral range, a slice per test worker, so no other test takes them meanwhile)
+  const b = await start('relay-b');
+  const a = await start('relay-a');
   await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
   const pair: Pair = {
     a,
