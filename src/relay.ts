@@ -24,6 +24,7 @@ import { Metrics } from './ops/metrics.js';
 import { QueueService } from './ops/queue.js';
 import { Signal } from './base/signal.js';
 import type { HostPort } from './base/net.js';
+import { monotonicMs } from './base/clock.js';
 
 export interface RelayAddresses {
   smtp: HostPort;
@@ -237,10 +238,10 @@ export class Relay {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const timeout = this.config.node.shutdownTimeoutMs;
-      const deadline = Date.now() + timeout;
+      const deadline = monotonicMs() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
       await this.smtp.drain(timeout);
-      await this.delivery.stop(Math.max(0, deadline - Date.now()));
+      await this.delivery.stop(Math.max(0, deadline - monotonicMs()));
       await this.shadow.stop();
       await this.admin.close();
       await this.spool.close();
