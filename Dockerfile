@@ -5,7 +5,7 @@
 
 ARG NODE_VERSION=20
 
-# ---- build: compile TypeScript, then drop the development dependencies ----------------
+# ---- build: compile TypeScript (product and tools), then drop the development dependencies
 FROM node:${NODE_VERSION}-bookworm-slim AS build
 WORKDIR /app
 # better-sqlite3 compiles from source when no prebuilt binary matches the platform
@@ -16,9 +16,21 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY src ./src
+COPY tools ./tools
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
-# ---- runtime: production dependencies and the compiled code only, non-root -------------
+# ---- sink: the compose pair's test next hop; a tool, kept out of the product image ------
+FROM node:${NODE_VERSION}-bookworm-slim AS sink
+ENV NODE_ENV=production
+WORKDIR /app
+COPY --from=build /app/package.json ./package.json
+COPY --from=build /app/node_modules ./node_modules
+COPY --from=build /app/dist-tools ./dist-tools
+USER node
+EXPOSE 2600
+ENTRYPOINT ["node", "/app/dist-tools/tools/cli.js", "sink"]
+
+# ---- runtime (the product image): production dependencies and the compiled product only, non-root
 FROM node:${NODE_VERSION}-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * cli — `shadowrelay start | check-config | queue … | health | spool backup | certs init |
- * hash-password | sink | demo`.
+ * hash-password`. (The demo and the test sink are tools: tools/cli.ts, `npm run demo`.)
  * Exit codes: 0 ok, 1 configuration or usage error (or: no such message, not healthy),
  * 2 runtime failure (including: the daemon does not answer).
  * Queue tools talk to the running daemon through its admin endpoint; the read-only ones
@@ -10,12 +10,13 @@
 import { Command } from 'commander';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { loadConfig, ConfigError, parseHostPort, type Config } from './config/index.js';
+import { loadConfig, ConfigError, type Config } from './config/index.js';
 import { Spool, type MessageSummary } from './spool/index.js';
 import { writeCertSet } from './certs/index.js';
 import { adminRequest, DaemonDown, AdminError } from './ops/admin-client.js';
 import { queueTable, showText } from './ops/queue-format.js';
 import { viewMessage, type MessageView, type ActionResult } from './ops/queue.js';
+import { monotonicMs } from './base/clock.js';
 
 function configOrExit(file: string): Config {
   try {
@@ -197,7 +198,7 @@ program
   .option('--wait <seconds>', 'keep asking until it answers yes or this many seconds pass', '0')
   .action(async (o: { config: string; ready?: boolean; wait: string }) => {
     const cfg = configOrExit(o.config);
-    const until = Date.now() + Number(o.wait) * 1000;
+    const until = monotonicMs() + Number(o.wait) * 1000;
     const what = o.ready ? '/readyz' : '/healthz';
     for (;;) {
       let problem: string;
@@ -208,7 +209,7 @@ program
       } catch (e) {
         problem = e instanceof AdminError ? `not ready: ${e.message}` : (e as Error).message;
       }
-      if (Date.now() >= until) {
+      if (monotonicMs() >= until) {
         process.stderr.write(`shadowrelay: ${cfg.node.name}: ${problem}\n`);
         process.exit(1);
       }
@@ -271,7 +272,7 @@ program
       process.exit(1);
     }
     const { readPassword } = await import('./ops/prompt.js');
-    const { hashPassword } = await import('./smtp/passwords.js');
+    const { hashPassword } = await import('./passwords/index.js');
     if (o.password !== undefined) process.stderr.write('hash-password: warning: a password given on the command line is visible to other users\n');
     const password = o.password ?? (await readPassword('Password: '));
     if (!password) {
@@ -279,39 +280,6 @@ program
       process.exit(1);
     }
     process.stdout.write((await hashPassword(password, o.algorithm)) + '\n');
-  });
-
-program
-  .command('sink')
-  .description('a test SMTP sink: accepts every message and prints one JSON line per message (for trying a pair)')
-  .option('--listen <host:port>', 'address to listen on', '127.0.0.1:2600')
-  .action(async (o: { listen: string }) => {
-    const hp = parseHostPort(o.listen);
-    if (!hp) {
-      process.stderr.write(`shadowrelay: --listen: expected "host:port", got "${o.listen}"\n`);
-      process.exit(1);
-    }
-    const { Sink } = await import('./sink.js');
-    const sink = new Sink();
-    sink.on('message', (m: { from: string; to: string[]; raw: Buffer }) => {
-      const subject = /^Subject:[ \t]*(.*)$/im.exec(m.raw.toString('utf8').split(/\r?\n\r?\n/)[0] ?? '')?.[1] ?? '';
-      process.stdout.write(JSON.stringify({ time: new Date().toISOString(), from: m.from, to: m.to, size: m.raw.length, subject }) + '\n');
-      sink.messages.length = 0; // long-running: keep nothing
-    });
-    const port = await sink.listen(hp.port, hp.host);
-    process.stdout.write(JSON.stringify({ msg: 'sink listening', host: hp.host, port }) + '\n');
-    const stop = () => void sink.close().then(() => process.exit(0));
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
-
-program
-  .command('demo')
-  .description('run a loopback pair with generated certificates and a sink, and send a message through it')
-  .option('--once', 'exit 0 once the message is delivered and purged on both nodes')
-  .action(async (o: { once?: boolean }) => {
-    const { runDemo } = await import('./demo.js');
-    process.exitCode = await runDemo({ once: !!o.once });
   });
 
 program.parseAsync(process.argv).catch((e: unknown) => {

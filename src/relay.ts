@@ -1,55 +1,103 @@
 /**
- * The composition root: builds every part of one node from its Config and wires them.
- * smtp → accept (spool + shadow) → 250 → delivery → spool purge → shadow discard.
- * Ops: one Metrics registry per node handed to the parts; the admin endpoint serves it, the
- * probes and the queue API; reload(cfg) drives each part's live-changeable settings.
- * Nothing else constructs parts; tests and the CLI start nodes through here.
+ * The composition root: builds every part of one node from its Config and wires them; it
+ * holds no rules of its own.
+ *   smtp → accept (spool ‖ shadow) → 250 → delivery → spool purge → shadow discard.
+ * Parts are built in dependency order; the one call that runs against that order (new work
+ * for the delivery worker, from the link and the acceptor) is a `Signal` built before them. One Metrics registry per node is handed to the parts as their metrics
+ * port, and reads the state gauges from them once they are built. Config → part settings
+ * is written once below (`settings`), for start and for reload. Nothing else constructs
+ * parts; tests and the CLI start nodes through here.
  */
 import type { Logger } from 'pino';
-import type { Config } from './config/index.js';
-import { parseHostPort, adminToken, loadConfig, ConfigError, maxShadowAgeMs } from './config/index.js';
+import { adminToken, loadConfig, ConfigError, maxShadowAgeMs, restartOnlyChanges, type Config } from './config/index.js';
 import type { Spool } from './spool/index.js';
 import { ThreadedSpool } from './spool/thread.js';
-import { ShadowLink } from './shadow/index.js';
-import { SmtpListener } from './smtp/index.js';
+import { ShadowLink, type ShadowLinkSettings } from './shadow/index.js';
+import { SmtpListener, type SmtpSettings } from './smtp/index.js';
 import { NetworkList } from './smtp/networks.js';
-import { ShadowedAcceptor } from './core/accept.js';
-import { DeliveryWorker } from './delivery/index.js';
-import { AdminServer, type Readiness } from './ops/admin.js';
+import { ShadowedAcceptor, type AcceptSettings } from './accept/index.js';
+import { DeliveryWorker, type DeliverySettings } from './delivery/index.js';
+import { AdminServer } from './ops/admin.js';
 import { createLogger } from './ops/log.js';
 import { secretFileWarnings } from './ops/secrets.js';
 import { Metrics } from './ops/metrics.js';
 import { QueueService } from './ops/queue.js';
-import { restartOnlyChanges, loadTlsMaterial } from './ops/reload.js';
+import { Signal } from './base/signal.js';
+import type { HostPort } from './base/net.js';
+import { monotonicMs } from './base/clock.js';
 
 export interface RelayAddresses {
-  smtp: { host: string; port: number };
-  shadow: { host: string; port: number };
-  admin: { host: string; port: number };
+  smtp: HostPort;
+  shadow: HostPort;
+  admin: HostPort;
 }
 
 export type ReloadResult = { ok: true; changed: string[] } | { ok: false; reason: string };
 
+/** Config → the settings of each part that a reload may change (the same at start). */
+const settings = {
+  smtp: (cfg: Config): SmtpSettings => ({
+    hostname: cfg.smtp.hostname,
+    maxMessageSize: cfg.smtp.maxMessageSize,
+    maxRecipients: cfg.smtp.maxRecipients,
+    socketTimeoutMs: cfg.smtp.socketTimeoutMs,
+    allowedNetworks: new NetworkList(cfg.smtp.allowedNetworks),
+    tls: cfg.tls.smtp,
+    requireTLS: cfg.smtp.requireTLS,
+    relayDomains: cfg.smtp.relayDomains,
+    bareLineEndings: cfg.smtp.bareLineEndings,
+    auth: cfg.smtp.auth,
+    limits: cfg.smtp.limits,
+  }),
+  shadow: (cfg: Config): ShadowLinkSettings => ({ tls: cfg.tls.shadow, timeoutMs: cfg.shadow.timeoutMs }),
+  accept: (cfg: Config): AcceptSettings => ({ onFailure: cfg.shadow.onFailure, hostname: cfg.smtp.hostname }),
+  delivery: (cfg: Config): DeliverySettings => ({
+    ...cfg.delivery,
+    nextHop: { ...cfg.delivery.nextHop, ca: cfg.tls.nextHopCa },
+    hostname: cfg.smtp.hostname,
+  }),
+};
+
+interface Parts {
+  log: Logger;
+  spool: Spool;
+  shadow: ShadowLink;
+  smtp: SmtpListener;
+  acceptor: ShadowedAcceptor;
+  delivery: DeliveryWorker;
+  admin: AdminServer;
+  metrics: Metrics;
+}
+
 export class Relay {
   private stopping: Promise<void> | undefined;
   private current: Config;
-  private token: string | undefined;
+  readonly log: Logger;
+  /** the node's spool (tests and the demo look at what it holds) */
+  readonly spool: Spool;
+  /** the replication link (tests and the demo look at its peers) */
+  readonly shadow: ShadowLink;
+  /** the node's metrics registry: its only count of events (`metrics.snapshot()`) */
+  readonly metrics: Metrics;
+  private readonly smtp: SmtpListener;
+  private readonly acceptor: ShadowedAcceptor;
+  private readonly delivery: DeliveryWorker;
+  private readonly admin: AdminServer;
 
   private constructor(
     config: Config,
-    readonly log: Logger,
-    readonly spool: Spool,
-    readonly shadow: ShadowLink,
-    readonly smtp: SmtpListener,
-    readonly acceptor: ShadowedAcceptor,
-    readonly delivery: DeliveryWorker,
-    readonly admin: AdminServer,
+    parts: Parts,
     readonly addresses: RelayAddresses,
-    readonly metrics: Metrics,
-    readonly queue: QueueService,
   ) {
     this.current = config;
-    this.token = adminToken(config);
+    this.log = parts.log;
+    this.spool = parts.spool;
+    this.shadow = parts.shadow;
+    this.metrics = parts.metrics;
+    this.smtp = parts.smtp;
+    this.acceptor = parts.acceptor;
+    this.delivery = parts.delivery;
+    this.admin = parts.admin;
   }
 
   /** The configuration in force (changes on a successful reload). */
@@ -70,175 +118,96 @@ export class Relay {
     );
     const recovered = spool.recover(peerNames);
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
-    const shadowAge = maxShadowAgeMs(cfg);
-    if (shadowAge < cfg.delivery.retry.maxAgeMs) {
-      log.warn(
-        { maxShadowAgeMs: shadowAge, maxAgeMs: cfg.delivery.retry.maxAgeMs },
-        'shadow.maxShadowAgeMs is shorter than delivery.retry.maxAgeMs: a peer drops copies its primary still retries',
-      );
-    }
 
-    const tls = loadTlsMaterial(cfg).shadow;
-    // the late-bound link lets the registry read peer state that exists only once built
-    let link: ShadowLink | undefined;
-    const metrics = new Metrics(cfg.node.name, {
-      queueStats: () => spool.queueStats(),
-      peers: () => link?.peers() ?? [],
-      discardsPending: () => spool.discardsPending(),
-      spoolBytes: () => spool.diskBytes(),
-    });
-    // the parts call each other through these late-bound closures (wired below)
-    let worker: DeliveryWorker | undefined;
-    let acceptorRef: ShadowedAcceptor | undefined;
+    const metrics = new Metrics(cfg.node.name);
+    // the delivery worker is built last: the parts before it ring this when they make work for it
+    const deliveryDue = new Signal();
     const shadow = new ShadowLink({
+      ...settings.shadow(cfg),
       nodeName: cfg.node.name,
-      listen: parseHostPort(cfg.shadow.listen)!,
+      listen: cfg.shadow.listen,
       peers: cfg.shadow.peers,
-      tls,
-      timeoutMs: cfg.shadow.timeoutMs,
       heartbeatMs: cfg.shadow.heartbeatMs,
       promoteAfterMs: cfg.shadow.promoteAfterMs,
-      maxShadowAgeMs: shadowAge,
+      maxShadowAgeMs: maxShadowAgeMs(cfg),
+      retryMaxAgeMs: cfg.delivery.retry.maxAgeMs,
       reconcileIntervalMs: cfg.shadow.reconcileIntervalMs,
       maxMessageSize: cfg.smtp.maxMessageSize,
       spool,
       log,
       metrics,
-      onPromoted: () => worker?.wake(),
-      onReleased: () => worker?.wake(),
+      onPromoted: deliveryDue.ring,
+      onReleased: deliveryDue.ring,
     });
-    link = shadow;
-    const delivery = new DeliveryWorker({
-      nextHop: cfg.delivery.nextHop,
-      concurrency: cfg.delivery.concurrency,
-      retry: cfg.delivery.retry,
-      timeouts: cfg.delivery.timeouts,
-      hostname: cfg.smtp.hostname,
-      spool,
-      log,
-      onPurged: () => shadow.pumpDiscards(),
-      heldPeers: () => shadow.heldPeers(),
-      // a bounce is accepted like inbound mail: spooled, shadowed, then queued
-      submitBounce: async (b) => {
-        await acceptorRef!.accept(
-          {
-            id: b.id,
-            sender: b.sender,
-            recipients: b.recipients,
-            body: b.body,
-            receivedAt: b.receivedAt,
-            client: { address: 'local', helo: delivery.hostname },
-          },
-          { settles: b.settles },
-        );
-      },
-      metrics,
-    });
-    worker = delivery;
     const acceptor = new ShadowedAcceptor({
+      ...settings.accept(cfg),
       spool,
       replicator: shadow,
       peerNames,
-      onFailure: cfg.shadow.onFailure,
       log,
-      onAccepted: () => delivery.wake(),
+      onAccepted: deliveryDue.ring,
       metrics,
     });
-    acceptorRef = acceptor;
-    const smtp = new SmtpListener({
-      hostname: cfg.smtp.hostname,
-      maxMessageSize: cfg.smtp.maxMessageSize,
-      maxRecipients: cfg.smtp.maxRecipients,
-      maxBytesInFlight: cfg.smtp.maxBytesInFlight,
-      socketTimeoutMs: cfg.smtp.socketTimeoutMs,
-      allowedNetworks: new NetworkList(cfg.smtp.allowedNetworks),
-      tls: cfg.smtp.tls,
-      requireTLS: cfg.smtp.requireTLS,
-      relayDomains: cfg.smtp.relayDomains,
-      bareLineEndings: cfg.smtp.bareLineEndings,
-      auth: cfg.smtp.auth,
-      limits: cfg.smtp.limits,
-      acceptor,
+    const delivery = new DeliveryWorker({
+      ...settings.delivery(cfg),
+      spool,
       log,
+      onPurged: () => shadow.pumpDiscards(),
+      awaitingReconcile: () => shadow.awaitingReconcile(),
+      submitBounce: (b) => acceptor.acceptBounce(b),
+      wakeUps: deliveryDue,
       metrics,
     });
+    const smtp = new SmtpListener({ ...settings.smtp(cfg), maxBytesInFlight: cfg.smtp.maxBytesInFlight, acceptor, log, metrics });
     const queue = new QueueService({ spool, log, wake: () => delivery.wake(), pumpDiscards: () => shadow.pumpDiscards() });
-    let smtpUp = false;
-    let relay: Relay | undefined;
+    metrics.observe({
+      queueStats: () => spool.queueStats(),
+      peers: () => shadow.peers(),
+      discardsPending: () => spool.discardsPending(),
+      spoolBytes: () => spool.diskBytes(),
+    });
     const admin = new AdminServer({
-      readiness: (): Readiness => {
-        const reasons: string[] = [];
-        if (!smtpUp) reasons.push('smtp listener not up');
-        const onFailure = relay?.config.shadow.onFailure ?? cfg.shadow.onFailure;
-        // a node that would answer 451 to every message is not ready: a load balancer or
-        // Kubernetes sends the mail elsewhere
-        if (!shadow.canShadow() && onFailure !== 'accept') {
-          const why = shadow.peers().map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.lastError ? ` (${p.lastError})` : ''}`);
-          reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
-        }
-        return { ready: reasons.length === 0, reasons };
-      },
+      readiness: () => ({
+        smtpStarted: smtp.isStarted,
+        acceptsWithoutPeer: acceptor.onFailure === 'accept',
+        // a peer whose spool is full cannot take a copy either
+        anyPeerUp: shadow.canShadow(),
+        peers: shadow.peers(),
+      }),
       metrics: () => metrics.render(),
       queue,
-      token: () => relay?.token ?? adminToken(cfg),
+      token: adminToken(cfg),
       log,
     });
 
     const shadowAddr = await shadow.start();
-    const smtpHp = parseHostPort(cfg.smtp.listen)!;
-    const smtpAddr = await smtp.listen(smtpHp.host, smtpHp.port);
-    smtpUp = true;
-    const adminHp = parseHostPort(cfg.admin.listen)!;
-    const adminAddr = await admin.listen(adminHp.host, adminHp.port);
+    const smtpAddr = await smtp.listen(cfg.smtp.listen);
+    const adminAddr = await admin.listen(cfg.admin.listen);
+    const addresses: RelayAddresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
     delivery.start();
-    const addresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
-    relay = new Relay(cfg, log, spool, shadow, smtp, acceptor, delivery, admin, addresses, metrics, queue);
     log.info({ ...addresses }, 'shadowrelay started');
-    return relay;
+    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics }, addresses);
   }
 
   /**
-   * Applies a new configuration to a running node, all or nothing (see ops/reload.ts): a
-   * refused reload logs the reason and leaves the running configuration untouched.
+   * Applies a new configuration to a running node, all or nothing (see config): a refused
+   * reload logs the reason and leaves the running configuration untouched.
    */
   reload(next: Config): ReloadResult {
-    const refuse = (reason: string): ReloadResult => {
-      this.log.error({ file: next.file, reason }, 'reload refused; the running configuration stays');
-      this.metrics.reload(false);
-      return { ok: false, reason };
-    };
     const restart = restartOnlyChanges(this.current, next);
-    if (restart.length) return refuse(`${restart.join(', ')} changed: needs a restart`);
-    let material;
-    try {
-      material = loadTlsMaterial(next);
-    } catch (e) {
-      return refuse((e as Error).message);
-    }
+    if (restart.length) return this.refuse(next.file, `${restart.join(', ')} changed: needs a restart`);
     const changed = (['smtp', 'shadow', 'delivery', 'admin', 'log'] as const).filter(
       (k) => JSON.stringify(this.current[k]) !== JSON.stringify(next[k]),
     );
     // certificates may change on disk under the same file names: always re-apply them
-    this.shadow.reload({ tls: material.shadow, timeoutMs: next.shadow.timeoutMs });
-    this.acceptor.setOnFailure(next.shadow.onFailure);
-    this.smtp.reload({
-      hostname: next.smtp.hostname,
-      maxMessageSize: next.smtp.maxMessageSize,
-      maxRecipients: next.smtp.maxRecipients,
-      socketTimeoutMs: next.smtp.socketTimeoutMs,
-      allowedNetworks: new NetworkList(next.smtp.allowedNetworks),
-      tls: next.smtp.tls,
-      requireTLS: next.smtp.requireTLS,
-      relayDomains: next.smtp.relayDomains,
-      bareLineEndings: next.smtp.bareLineEndings,
-      auth: next.smtp.auth,
-      limits: next.smtp.limits,
-    });
+    this.shadow.reload(settings.shadow(next));
+    this.acceptor.reload(settings.accept(next));
+    this.smtp.reload(settings.smtp(next));
     if (JSON.stringify(this.current.delivery) !== JSON.stringify(next.delivery) || this.current.smtp.hostname !== next.smtp.hostname) {
-      this.delivery.reload({ ...next.delivery, hostname: next.smtp.hostname });
+      this.delivery.reload(settings.delivery(next));
     }
     this.log.level = next.log.level;
-    this.token = adminToken(next);
+    this.admin.setToken(adminToken(next));
     this.current = next;
     this.metrics.reload(true);
     this.log.info({ file: next.file, changed, certificates: 'reloaded' }, 'configuration reloaded');
@@ -251,12 +220,15 @@ export class Relay {
     try {
       next = loadConfig(file);
     } catch (e) {
-      const reason = e instanceof ConfigError ? e.problems.join('; ') : (e as Error).message;
-      this.log.error({ file, reason }, 'reload refused; the running configuration stays');
-      this.metrics.reload(false);
-      return { ok: false, reason };
+      return this.refuse(file, e instanceof ConfigError ? e.problems.join('; ') : (e as Error).message);
     }
     return this.reload(next);
+  }
+
+  private refuse(file: string, reason: string): ReloadResult {
+    this.log.error({ file, reason }, 'reload refused; the running configuration stays');
+    this.metrics.reload(false);
+    return { ok: false, reason };
   }
 
   /**
@@ -267,11 +239,11 @@ export class Relay {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const timeout = this.config.node.shutdownTimeoutMs;
-      const deadline = Date.now() + timeout;
+      const deadline = monotonicMs() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
       this.shadow.endDoubts();
       await this.smtp.drain(timeout);
-      await this.delivery.stop(Math.max(0, deadline - Date.now()));
+      await this.delivery.stop(Math.max(0, deadline - monotonicMs()));
       await this.shadow.stop();
       await this.admin.close();
       await this.spool.close();

@@ -11,9 +11,9 @@ import tls from 'node:tls';
 import http2 from 'node:http2';
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
-import { hashPassword } from '../src/smtp/passwords.js';
+import { hashPassword } from '../src/passwords/index.js';
 import { encodePut } from '../src/shadow/protocol.js';
-import { startPair, send, waitFor, queueIdOf, type Pair } from './helpers.js';
+import { startPair, send, waitFor, queueIdOf, type Pair } from './helpers/index.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261126);
 const SMTP_CASES = 2000;
@@ -150,7 +150,7 @@ describe(`fuzz (seed ${SEED})`, () => {
   it(`SMTP listener: ${SMTP_CASES} random sessions (command sequences and raw bytes)`, async () => {
     const cases = fc.sample(session, { seed: SEED, numRuns: SMTP_CASES });
     await inBatches(cases, (c) => smtpCase(pair.a.addresses.smtp.port, c));
-    const { accepted } = pair.a.acceptor.counters;
+    const accepted = (await pair.a.metrics.snapshot()).value('shadowrelay_messages_accepted_total');
     console.log(`smtp fuzz: ${accepted} messages accepted`);
     expect(accepted).toBeGreaterThan(SMTP_CASES / 10); // the generators do reach the DATA path
     await normalMessageGetsThrough('after smtp fuzz');

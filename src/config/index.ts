@@ -6,15 +6,26 @@
  * - Every error names the file and the dotted key (`smtp.maxMessageSize: ...`) so an
  *   operator can fix it without reading code; unknown keys are errors (typos are common).
  * - Relative paths (dataDir, certificates) resolve against the folder of the config file.
+ * - Each key's default, and whether changing it needs a restart (`restart(…)`), stand beside
+ *   the key in the schema; `restartOnlyChanges` is derived from those marks.
+ * - `host:port` values are parsed here, once, into `{host, port}`.
+ * - `loadConfig` reads every certificate and key the file names, once, and proves they make
+ *   a TLS context (a key that does not match its certificate fails here, not halfway through
+ *   applying a reload); the parts get the bytes (`Config.tls`).
+ * - A reload (SIGHUP) is all or nothing: the new file must load as above and no restart-only
+ *   key may differ; otherwise the running configuration stays whole (the composition root
+ *   applies it).
  */
 import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
 import path from 'node:path';
 import os from 'node:os';
 import YAML from 'yaml';
 import { z } from 'zod';
 import ipaddr from 'ipaddr.js';
 import { domainToASCII } from 'node:url';
-import { passwordHashProblem } from '../smtp/passwords.js';
+import { passwordHashProblem } from '../passwords/index.js';
+import { parseHostPort, type HostPort } from '../base/net.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -26,23 +37,24 @@ export class ConfigError extends Error {
   }
 }
 
-export interface HostPort {
-  host: string;
-  port: number;
-}
+const hostPort = z.string().transform((s, ctx): HostPort => {
+  const hp = parseHostPort(s);
+  if (hp) return hp;
+  ctx.addIssue({ code: 'custom', message: 'expected "host:port" (IPv6 as "[::1]:port")' });
+  return z.NEVER;
+});
 
-/** "host:port" or "[v6]:port" → {host, port}; null when malformed. */
-export function parseHostPort(s: string): HostPort | null {
-  const m = /^\[([0-9a-fA-F:.]+)\]:(\d{1,5})$/.exec(s) ?? /^([^:\s[\]]+):(\d{1,5})$/.exec(s);
-  if (!m) return null;
-  const port = Number(m[2]);
-  if (port > 65535) return null;
-  return { host: m[1]!, port };
+/**
+ * Marks a key whose change needs a restart (a reload that changes one is refused). Wrap the
+ * key's whole schema: a method called on the result (`.strict()`, `.default()`) makes a new
+ * schema without the mark (test/config pins the list).
+ */
+const restartOnly = z.registry<Record<string, never>>();
+function restart<T extends z.ZodType>(t: T): T {
+  const marked = t.clone();
+  restartOnly.add(marked, {});
+  return marked;
 }
-
-const hostPort = z
-  .string()
-  .refine((s) => parseHostPort(s) !== null, { message: 'expected "host:port" (IPv6 as "[::1]:port")' });
 
 const cidr = z.string().refine(
   (s) => {
@@ -65,32 +77,19 @@ const domainName = z
   .refine((s) => domainToASCII(s.replace(/^\./, '').replace(/\.$/, '')) !== '', { message: 'expected a domain name such as example.com' });
 
 // Postfix's defaults where Postfix has the same limit (named in README's config table)
-export const LIMIT_DEFAULTS = {
-  maxConnections: 500,
-  maxConnectionsPerAddress: 50,
-  connectionRatePerMinute: 120,
-  commandTimeoutMs: 300000,
-  dataTimeoutMs: 600000,
-  maxLineLength: 2048,
-  maxErrors: 20,
-  maxReceivedHeaders: 50,
-};
-
 const smtpLimits = z
   .object({
-    maxConnections: positiveInt.default(LIMIT_DEFAULTS.maxConnections),
-    maxConnectionsPerAddress: positiveInt.default(LIMIT_DEFAULTS.maxConnectionsPerAddress),
-    connectionRatePerMinute: nonNegativeInt.default(LIMIT_DEFAULTS.connectionRatePerMinute),
-    commandTimeoutMs: positiveInt.default(LIMIT_DEFAULTS.commandTimeoutMs),
-    dataTimeoutMs: positiveInt.default(LIMIT_DEFAULTS.dataTimeoutMs),
-    maxLineLength: z.number().int().min(512).default(LIMIT_DEFAULTS.maxLineLength),
-    maxErrors: positiveInt.default(LIMIT_DEFAULTS.maxErrors),
-    maxReceivedHeaders: positiveInt.default(LIMIT_DEFAULTS.maxReceivedHeaders),
+    maxConnections: positiveInt.default(500),
+    maxConnectionsPerAddress: positiveInt.default(50),
+    connectionRatePerMinute: nonNegativeInt.default(120),
+    commandTimeoutMs: positiveInt.default(300000),
+    dataTimeoutMs: positiveInt.default(600000),
+    maxLineLength: z.number().int().min(512).default(2048),
+    maxErrors: positiveInt.default(20),
+    maxReceivedHeaders: positiveInt.default(50),
   })
   .strict()
-  .default(LIMIT_DEFAULTS);
-
-const AUTH_DEFAULTS = { failureDelayMs: 1000, maxFailures: 5, failureWindowMs: 600000, lockoutMs: 900000 };
+  .prefault({});
 
 const smtpAuth = z
   .object({
@@ -104,32 +103,34 @@ const smtpAuth = z
           .strict(),
       )
       .min(1),
-    failureDelayMs: nonNegativeInt.default(AUTH_DEFAULTS.failureDelayMs),
-    maxFailures: positiveInt.default(AUTH_DEFAULTS.maxFailures),
-    failureWindowMs: positiveInt.default(AUTH_DEFAULTS.failureWindowMs),
-    lockoutMs: positiveInt.default(AUTH_DEFAULTS.lockoutMs),
+    failureDelayMs: nonNegativeInt.default(1000),
+    maxFailures: positiveInt.default(5),
+    failureWindowMs: positiveInt.default(600000),
+    lockoutMs: positiveInt.default(900000),
   })
   .strict();
 
 const schema = z
   .object({
-    node: z
-      .object({
-        name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
-        dataDir: z.string().min(1),
-        // SIGTERM/SIGINT: how long transactions and deliveries in flight may take to finish
-        shutdownTimeoutMs: positiveInt.default(30000),
-      })
-      .strict(),
+    node: restart(
+      z
+        .object({
+          name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
+          dataDir: z.string().min(1),
+          // SIGTERM/SIGINT: how long transactions and deliveries in flight may take to finish
+          shutdownTimeoutMs: positiveInt.default(30000),
+        })
+        .strict(),
+    ),
     smtp: z
       .object({
-        listen: hostPort,
+        listen: restart(hostPort),
         hostname: z.string().min(1).default(os.hostname()),
         allowedNetworks: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
         maxMessageSize: positiveInt.default(26214400),
         maxRecipients: positiveInt.default(100),
         // message bodies held at once while being received and accepted (memory bound)
-        maxBytesInFlight: positiveInt.default(16 * 1024 * 1024),
+        maxBytesInFlight: restart(positiveInt.default(16 * 1024 * 1024)),
         // RFC 5321 §4.5.3.2.7 asks servers to wait at least 5 minutes for a client.
         socketTimeoutMs: positiveInt.default(300000),
         tls: z.object({ cert: fileRef, key: fileRef }).strict().optional(),
@@ -142,33 +143,37 @@ const schema = z
       .strict(),
     shadow: z
       .object({
-        listen: hostPort,
-        peers: z
-          .array(z.object({ name: z.string().min(1), address: hostPort }).strict())
-          .min(1, 'at least one peer is needed: shadowrelay never answers 250 without one'),
+        listen: restart(hostPort),
+        peers: restart(
+          z
+            .array(z.object({ name: z.string().min(1), address: hostPort }).strict())
+            .min(1, 'at least one peer is needed: shadowrelay never answers 250 without one'),
+        ),
         tls: z.object({ ca: fileRef, cert: fileRef, key: fileRef }).strict(),
         timeoutMs: positiveInt.default(5000),
         onFailure: z.enum(['reject', 'accept']).default('reject'),
-        heartbeatMs: positiveInt.default(5000),
-        promoteAfterMs: positiveInt.default(60000),
-        // default: 2 days (Exchange) or the queue lifetime + 1 day, whichever is longer
-        maxShadowAgeMs: positiveInt.optional(),
-        reconcileIntervalMs: positiveInt.default(30000),
+        heartbeatMs: restart(positiveInt.default(5000)),
+        promoteAfterMs: restart(positiveInt.default(60000)),
+        // default: maxShadowAgeMs(cfg) below (it depends on delivery.retry.maxAgeMs)
+        maxShadowAgeMs: restart(positiveInt.optional()),
+        reconcileIntervalMs: restart(positiveInt.default(30000)),
       })
       .strict(),
-    spool: z
-      .object({
-        // 0 = no cap; otherwise at least 1 MiB
-        maxSizeBytes: z
-          .number()
-          .int()
-          .min(0)
-          .refine((n) => n === 0 || n >= 1048576, { message: 'must be 0 (no cap) or at least 1048576' })
-          .default(0),
-        busyTimeoutMs: z.number().int().min(0).default(1000),
-      })
-      .strict()
-      .default({ maxSizeBytes: 0, busyTimeoutMs: 1000 }),
+    spool: restart(
+      z
+        .object({
+          // 0 = no cap; otherwise at least 1 MiB
+          maxSizeBytes: z
+            .number()
+            .int()
+            .min(0)
+            .refine((n) => n === 0 || n >= 1048576, { message: 'must be 0 (no cap) or at least 1048576' })
+            .default(0),
+          busyTimeoutMs: z.number().int().min(0).default(1000),
+        })
+        .strict()
+        .prefault({}),
+    ),
     delivery: z
       .object({
         nextHop: z
@@ -193,7 +198,7 @@ const schema = z
             maxAgeMs: positiveInt.default(432000000),
           })
           .strict()
-          .default({ initialMs: 300000, maxMs: 4000000, maxAgeMs: 432000000 }),
+          .prefault({}),
         // how long the next hop may take: TCP connect, the 220 greeting, and any silence
         // within a session (a hung next hop holds a delivery slot this long)
         timeouts: z
@@ -203,31 +208,63 @@ const schema = z
             socketMs: positiveInt.default(300000),
           })
           .strict()
-          .default({ connectMs: 30000, greetingMs: 30000, socketMs: 300000 }),
+          .prefault({}),
       })
       .strict(),
     admin: z
       .object({
-        listen: hostPort.default('127.0.0.1:9025'),
+        listen: restart(hostPort.prefault('127.0.0.1:9025')),
         // bearer token for /metrics and the /queue API (the probes stay open)
         token: z.string().min(16, 'at least 16 characters').optional(),
         tokenFile: fileRef.optional(),
       })
       .strict()
       .refine((a) => !(a.token && a.tokenFile), { message: 'set admin.token or admin.tokenFile, not both' })
-      .default({ listen: '127.0.0.1:9025' }),
+      .prefault({}),
     log: z
       .object({
         level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
         // auto: human-readable when stdout is a terminal, JSON lines otherwise
-        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+        format: restart(z.enum(['auto', 'json', 'pretty']).default('auto')),
       })
       .strict()
-      .default({ level: 'info', format: 'auto' }),
+      .prefault({}),
   })
   .strict();
 
-export type Config = z.infer<typeof schema> & { file: string };
+/** A validated configuration document (`parseConfig`). */
+export type ParsedConfig = z.infer<typeof schema> & { file: string };
+
+/** The certificates and keys a configuration names, read once (`loadConfig`). */
+export interface TlsMaterial {
+  shadow: { ca: Buffer; cert: Buffer; key: Buffer };
+  smtp?: { cert: Buffer; key: Buffer };
+  /** delivery.nextHop.ca */
+  nextHopCa?: Buffer;
+}
+
+/** A configuration loaded from its file, with its TLS material. */
+export type Config = ParsedConfig & { tls: TlsMaterial };
+
+/** The dotted keys marked `restart(…)` in the schema. */
+function restartKeys(t: z.ZodType, at: string[] = []): string[] {
+  if (restartOnly.has(t)) return [at.join('.')];
+  if (t instanceof z.ZodObject) return Object.entries(t.shape).flatMap(([k, v]) => restartKeys(v as z.ZodType, [...at, k]));
+  if (t instanceof z.ZodDefault || t instanceof z.ZodPrefault || t instanceof z.ZodOptional) return restartKeys(t.unwrap() as z.ZodType, at);
+  return [];
+}
+
+/** Dotted keys whose change needs a restart; compared as JSON. */
+export const RESTART_ONLY: ReadonlyArray<string> = restartKeys(schema);
+
+function at(cfg: unknown, dotted: string): unknown {
+  return dotted.split('.').reduce<unknown>((o, k) => (o && typeof o === 'object' ? (o as Record<string, unknown>)[k] : undefined), cfg);
+}
+
+/** The restart-only keys that differ between the running and the new configuration. */
+export function restartOnlyChanges(running: ParsedConfig, next: ParsedConfig): string[] {
+  return RESTART_ONLY.filter((k) => JSON.stringify(at(running, k)) !== JSON.stringify(at(next, k)));
+}
 
 const TWO_DAYS_MS = 2 * 86400_000;
 
@@ -235,7 +272,7 @@ const TWO_DAYS_MS = 2 * 86400_000;
  * Shadow copies must outlive their primary's retries: a copy dropped while its primary
  * still retries is lost if that primary then dies.
  */
-export function maxShadowAgeMs(cfg: Config): number {
+export function maxShadowAgeMs(cfg: ParsedConfig): number {
   return cfg.shadow.maxShadowAgeMs ?? Math.max(TWO_DAYS_MS, cfg.delivery.retry.maxAgeMs + 86400_000);
 }
 
@@ -251,7 +288,7 @@ function describeIssue(issue: z.core.$ZodIssue): string {
 }
 
 /** Validates an already parsed document. `file` is used in messages and to resolve paths. */
-export function parseConfig(doc: unknown, file: string): Config {
+export function parseConfig(doc: unknown, file: string): ParsedConfig {
   const result = schema.safeParse(doc);
   if (!result.success) throw new ConfigError(file, result.error.issues.map(describeIssue));
   const cfg = result.data;
@@ -307,32 +344,38 @@ export function loadConfig(file: string): Config {
   }
   const cfg = parseConfig(doc.toJS(), file);
   const problems: string[] = [];
-  const mustRead = (key: string, p: string) => {
+  const read = (key: string, p: string): Buffer => {
     try {
-      readFileSync(p);
+      return readFileSync(p);
     } catch (e) {
       problems.push(`${key}: cannot read ${p}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      return Buffer.alloc(0);
     }
   };
-  if (cfg.smtp.tls) {
-    mustRead('smtp.tls.cert', cfg.smtp.tls.cert);
-    mustRead('smtp.tls.key', cfg.smtp.tls.key);
-  }
-  if (cfg.delivery.nextHop.ca) mustRead('delivery.nextHop.ca', cfg.delivery.nextHop.ca);
-  if (cfg.delivery.nextHop.auth?.passFile) mustRead('delivery.nextHop.auth.passFile', cfg.delivery.nextHop.auth.passFile);
-  mustRead('shadow.tls.ca', cfg.shadow.tls.ca);
-  mustRead('shadow.tls.cert', cfg.shadow.tls.cert);
-  mustRead('shadow.tls.key', cfg.shadow.tls.key);
+  // every file is read here, once: the parts get the bytes
+  const smtp = cfg.smtp.tls && { cert: read('smtp.tls.cert', cfg.smtp.tls.cert), key: read('smtp.tls.key', cfg.smtp.tls.key) };
+  const nextHopCa = cfg.delivery.nextHop.ca ? read('delivery.nextHop.ca', cfg.delivery.nextHop.ca) : undefined;
+  if (cfg.delivery.nextHop.auth?.passFile) read('delivery.nextHop.auth.passFile', cfg.delivery.nextHop.auth.passFile);
+  const shadow = { ca: read('shadow.tls.ca', cfg.shadow.tls.ca), cert: read('shadow.tls.cert', cfg.shadow.tls.cert), key: read('shadow.tls.key', cfg.shadow.tls.key) };
   if (cfg.admin.tokenFile) {
-    mustRead('admin.tokenFile', cfg.admin.tokenFile);
+    read('admin.tokenFile', cfg.admin.tokenFile);
     if (!problems.length && !adminToken(cfg)) problems.push(`admin.tokenFile: ${cfg.admin.tokenFile} is empty`);
   }
   if (problems.length) throw new ConfigError(file, problems);
-  return cfg;
+  // a key that does not match its certificate fails here, not halfway through a reload
+  for (const [key, m] of [['shadow.tls', shadow], ['smtp.tls', smtp]] as const) {
+    if (!m) continue;
+    try {
+      tls.createSecureContext(m);
+    } catch (e) {
+      throw new ConfigError(file, [`${key}: ${(e as Error).message}`]);
+    }
+  }
+  return { ...cfg, tls: { shadow, smtp: smtp || undefined, nextHopCa } };
 }
 
 /** The admin bearer token (`admin.token`, or the first line of `admin.tokenFile`), if any. */
-export function adminToken(cfg: Config): string | undefined {
+export function adminToken(cfg: ParsedConfig): string | undefined {
   if (cfg.admin.token) return cfg.admin.token;
   if (!cfg.admin.tokenFile) return undefined;
   try {

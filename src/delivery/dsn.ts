@@ -11,6 +11,8 @@
  */
 import MimeNode from 'nodemailer/lib/mime-node';
 import { foldLines } from 'nodemailer/lib/mime-funcs';
+import { enhancedCodeOf } from '../base/replies.js';
+import { headerSection, rfc5322Date } from '../base/message.js';
 
 export interface DsnRecipient {
   address: string;
@@ -48,7 +50,7 @@ export function recipientFailure(address: string, lastError: string | null, next
   const m = SMTP_REPLY.exec(err);
   const expired = !m || m[1] !== '5';
   if (m) {
-    const enhanced = /^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b/.exec(err)?.[1];
+    const enhanced = enhancedCodeOf(err);
     const status = enhanced ?? (m[1] === '5' ? '5.0.0' : expired ? '4.4.7' : '4.0.0');
     return { address, status, diagnostic: `smtp; ${err}`, remoteMta: `dns; ${nextHop}`, expired };
   }
@@ -62,10 +64,6 @@ function oneLine(s: string): string {
   return s.replace(/[\r\n\t]+/g, ' ').replace(/[\x00-\x1f\x7f]/g, '').slice(0, 900).trim();
 }
 
-function rfc2822(d: Date): string {
-  return d.toUTCString().replace('GMT', '+0000');
-}
-
 /** RFC 6533: a non-ASCII address is typed utf-8, an ASCII one rfc822. */
 function addrType(a: string): string {
   // eslint-disable-next-line no-control-regex
@@ -76,21 +74,13 @@ function field(name: string, value: string): string {
   return foldLines(`${name}: ${value}`, 76, false).replace(/\r?\n/g, '\r\n');
 }
 
-/** The header block of a message (up to the first empty line). */
-export function headerBlock(raw: Buffer): Buffer {
-  const crlf = raw.indexOf('\r\n\r\n');
-  const lf = raw.indexOf('\n\n');
-  const end = crlf >= 0 && (lf < 0 || crlf <= lf) ? crlf + 2 : lf >= 0 ? lf + 1 : raw.length;
-  return raw.subarray(0, end);
-}
-
 export async function buildDsn(i: DsnInput): Promise<Buffer> {
   const now = i.now ?? new Date();
   const root = new MimeNode('multipart/report; report-type=delivery-status', { hostname: i.reportingMta });
   root.setHeader('From', `Mail Delivery System <MAILER-DAEMON@${i.reportingMta}>`);
   root.setHeader('To', i.sender);
   root.setHeader('Subject', 'Undelivered Mail Returned to Sender');
-  root.setHeader('Date', rfc2822(now));
+  root.setHeader('Date', rfc5322Date(now));
   root.setHeader('Auto-Submitted', 'auto-replied');
 
   const anyExpired = i.recipients.some((r) => r.expired);
@@ -118,7 +108,7 @@ export async function buildDsn(i: DsnInput): Promise<Buffer> {
   const report: string[] = [
     field('Reporting-MTA', `dns; ${i.reportingMta}`),
     field('X-Shadowrelay-Queue-ID', i.queueId),
-    field('Arrival-Date', rfc2822(i.arrivalDate)),
+    field('Arrival-Date', rfc5322Date(i.arrivalDate)),
     '',
   ];
   for (const r of i.recipients) {
@@ -134,6 +124,6 @@ export async function buildDsn(i: DsnInput): Promise<Buffer> {
   root
     .createChild('text/rfc822-headers')
     .setHeader('Content-Description', 'Undelivered Message Headers')
-    .setContent(headerBlock(i.original));
+    .setContent(headerSection(i.original).lines);
   return new Promise<Buffer>((resolve, reject) => root.build((err, buf) => (err ? reject(err) : resolve(buf))));
 }

@@ -20,7 +20,7 @@
  *   the message and owes the peer a discard.
  * - If the spool cannot record an outcome (locked, full), the worker keeps the result and
  *   retries the write instead of sending again.
- * - Messages shadowed on a peer this node must first reconcile with are held (heldPeers).
+ * - Messages shadowed on a peer this node must first reconcile with wait (awaitingReconcile).
  * - Next-hop TLS and AUTH options come from tls.ts; under `tls: required` a send that could
  *   not get verified TLS is a temporary failure (nothing was sent; the reason is recorded).
  */
@@ -28,9 +28,12 @@ import { SmtpPool, type RawTransport } from './pool.js';
 import type { Logger } from 'pino';
 import type { DeliverySpool, RecipientOutcome, AttemptResult, RecipientDiscard, MessageWithBody, RecipientRow } from '../spool/index.js';
 import { buildDsn, recipientFailure } from './dsn.js';
-import { newQueueId } from '../core/ids.js';
+import { newQueueId } from '../base/ids.js';
+import { enhancedCodeOf } from '../base/replies.js';
+import type { Envelope } from '../base/message.js';
+import { noMetrics, type RelayMetrics } from '../base/metrics.js';
+import type { Signal } from '../base/signal.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
-import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
 
 export interface DeliveryOptions {
   nextHop: NextHop;
@@ -44,11 +47,18 @@ export interface DeliveryOptions {
   /** called after a message left the queue (all recipients final) */
   onPurged?: (id: string) => void;
   /** peers whose shadowed messages must not be delivered yet (reconcile first) */
-  heldPeers?: () => string[];
+  awaitingReconcile?: () => string[];
+  /** rung when another part made work for this worker (accepted, promoted, released) */
+  wakeUps?: Signal;
   /** accepts a bounce like an inbound message (spool + shadow); resolves once queued */
   submitBounce?: (b: Bounce) => Promise<void>;
-  metrics?: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt' | 'duplicateRisk'>;
+  metrics?: DeliveryMetrics;
 }
+
+type DeliveryMetrics = Pick<
+  RelayMetrics,
+  'delivery' | 'deliveryExpired' | 'deliveryAttemptStarted' | 'deliveryAttempt' | 'deliveryCancelled' | 'deliveryRecordRetry' | 'bounce' | 'duplicateRisk'
+>;
 
 /** What a config reload may change while the worker runs. */
 export interface DeliverySettings {
@@ -59,34 +69,10 @@ export interface DeliverySettings {
   hostname: string;
 }
 
-/** A bounce to be accepted; `settles` marks the failed recipients it reports. */
-export interface Bounce {
-  id: string;
+/** A bounce to be accepted (from the null sender); `bounceFor`: the failed recipients it reports (marked reported as it is accepted). */
+export interface Bounce extends Envelope {
   sender: '';
-  recipients: string[];
-  body: Buffer;
-  receivedAt: number;
-  settles: RecipientDiscard;
-}
-
-export interface DeliveryCounters {
-  attempts: number;
-  /** recipients */
-  delivered: number;
-  deferred: number;
-  failed: number;
-  /** recipients given up on after retry.maxAgeMs */
-  expired: number;
-  /** bounces accepted (queued and shadowed) */
-  bounces: number;
-  /** bounce attempts not accepted yet (retried) */
-  bouncesDeferred: number;
-  /** failures of null-sender messages: logged, no bounce */
-  bouncesSuppressed: number;
-  /** messages cancelled (promoted by the peer, discard) while this node was sending them */
-  cancelledInFlight: number;
-  /** outcome writes retried after a storage error */
-  recordRetries: number;
+  bounceFor: RecipientDiscard;
 }
 
 interface SmtpError extends Error {
@@ -99,8 +85,7 @@ interface SmtpError extends Error {
 
 /** Enhanced status code from a reply like "250 2.0.0 Ok" → "2.0.0". */
 export function dsnOf(response: string | undefined, fallback: string): string {
-  const m = /^\d{3}[ -](\d\.\d{1,3}\.\d{1,3})\b/.exec(response ?? '');
-  return m ? m[1]! : fallback;
+  return enhancedCodeOf(response ?? '') ?? fallback;
 }
 
 export function backoffMs(attempts: number, initialMs: number, maxMs: number, rand: () => number = Math.random): number {
@@ -114,20 +99,8 @@ const POLL_MS = 1000;
 const WAKE_BUSY_MS = 5;
 
 export class DeliveryWorker {
-  readonly counters: DeliveryCounters = {
-    attempts: 0,
-    delivered: 0,
-    deferred: 0,
-    failed: 0,
-    expired: 0,
-    bounces: 0,
-    bouncesDeferred: 0,
-    bouncesSuppressed: 0,
-    cancelledInFlight: 0,
-    recordRetries: 0,
-  };
   private transport: RawTransport;
-  private readonly metrics: Pick<RelayMetrics, 'delivery' | 'deliveryAttempt' | 'duplicateRisk'>;
+  private readonly metrics: DeliveryMetrics;
   private readonly inflight = new Map<string, Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
   private running = false;
@@ -138,6 +111,7 @@ export class DeliveryWorker {
   constructor(private readonly o: DeliveryOptions) {
     this.metrics = o.metrics ?? noMetrics;
     this.transport = DeliveryWorker.transportFor(o);
+    o.wakeUps?.listen(() => this.wake());
   }
 
   private static transportFor(o: DeliverySettings): RawTransport {
@@ -192,12 +166,12 @@ export class DeliveryWorker {
     clearTimeout(this.timer);
     let next: number | null = null;
     try {
-      const held = this.o.heldPeers?.() ?? [];
+      const waiting = this.o.awaitingReconcile?.() ?? [];
       const free = this.o.concurrency - this.inflight.size;
       if (free > 0) {
         const now = Date.now();
         // ask for more than we can take: some of the due ids may already be in flight
-        for (const id of this.o.spool.due(now, free + this.inflight.size, held)) {
+        for (const id of this.o.spool.due(now, free + this.inflight.size, waiting)) {
           if (this.inflight.size >= this.o.concurrency) break;
           if (this.inflight.has(id)) continue;
           const p = this.deliver(id)
@@ -209,7 +183,7 @@ export class DeliveryWorker {
           this.inflight.set(id, p);
         }
       }
-      next = this.o.spool.nextDueAt(held);
+      next = this.o.spool.nextDueAt(waiting);
     } catch (err) {
       // a storage error must not stop the worker: look again on the next poll
       this.o.log.error({ err: (err as Error).message }, 'delivery scan failed');
@@ -233,7 +207,7 @@ export class DeliveryWorker {
   /** One SMTP transaction for the pending recipients; records and logs their outcomes. */
   private async attempt(m: MessageWithBody, pending: RecipientRow[]): Promise<AttemptResult> {
     const id = m.id;
-    this.counters.attempts++;
+    this.metrics.deliveryAttemptStarted();
     const started = process.hrtime.bigint();
     const relay = `${this.o.nextHop.host}:${this.o.nextHop.port}`;
     const outcomes: RecipientOutcome[] = [];
@@ -291,17 +265,14 @@ export class DeliveryWorker {
       const dsn = dsnOf(response, o.state === 'delivered' ? '2.0.0' : o.state === 'failed' && !expired.has(o.idx) ? '5.0.0' : '4.0.0');
       // an expired recipient is bounced like a refused one
       this.metrics.delivery(o.state === 'delivered' ? 'delivered' : o.state === 'failed' ? 'bounced' : 'deferred', delay);
-      if (o.state === 'delivered') this.counters.delivered++;
-      else if (expired.has(o.idx)) this.counters.expired++;
-      else if (o.state === 'failed') this.counters.failed++;
-      else this.counters.deferred++;
+      if (expired.has(o.idx)) this.metrics.deliveryExpired();
       const line = { id, to, relay, delay, dsn, status, response };
       if (o.state === 'delivered') this.o.log.info(line, 'delivered');
       else this.o.log.warn(line, status);
     }
     if (result.gone) {
       if (outcomes.some((o) => o.state === 'delivered')) {
-        this.counters.cancelledInFlight++;
+        this.metrics.deliveryCancelled();
         this.metrics.duplicateRisk('promoted_after_delivery');
         this.o.log.warn({ id }, 'duplicate risk: the message was cancelled (its peer delivered it) while this node sent it');
       }
@@ -319,7 +290,7 @@ export class DeliveryWorker {
         return await this.o.spool.recordAttempt(id, outcomes, next, error);
       } catch (err) {
         if (this.aborted || this.o.spool.isClosed) throw err;
-        this.counters.recordRetries++;
+        this.metrics.deliveryRecordRetry();
         this.o.log.error({ id, err: (err as Error).message, retryInMs: wait }, 'could not record the delivery outcome; retrying the write');
         await new Promise((r) => setTimeout(r, wait));
       }
@@ -336,7 +307,7 @@ export class DeliveryWorker {
     if (m.sender === '') {
       // RFC 5321 §4.5.5: never bounce a bounce
       const r = await this.o.spool.settleFailures(id, idx);
-      this.counters.bouncesSuppressed++;
+      this.metrics.bounce('suppressed');
       this.o.log.warn({ id, to: failed.map((f) => f.address) }, 'bounce suppressed: the message has the null sender <>');
       if (r.purged) {
         this.o.log.info({ id }, 'removed');
@@ -355,15 +326,15 @@ export class DeliveryWorker {
         recipients: failed.map((r) => recipientFailure(r.address, r.lastError, this.o.nextHop.host)),
         original: m.body,
       });
-      await this.o.submitBounce({ id: bounceId, sender: '', recipients: [m.sender], body, receivedAt: Date.now(), settles: { id, idx } });
+      await this.o.submitBounce({ id: bounceId, sender: '', recipients: [m.sender], body, receivedAt: Date.now(), bounceFor: { id, idx } });
     } catch (err) {
-      this.counters.bouncesDeferred++;
+      this.metrics.bounce('deferred');
       const wait = backoffMs(m.attempts + 1, this.o.retry.initialMs, this.o.retry.maxMs);
       this.o.log.warn({ id, reason: (err as Error).message, retryInMs: wait }, 'bounce not accepted yet; retrying later');
       await this.o.spool.deferUntil(id, Date.now() + wait).catch(() => undefined);
       return;
     }
-    this.counters.bounces++;
+    this.metrics.bounce('queued');
     this.o.log.info({ id, bounce: bounceId, to: m.sender, failed: failed.map((f) => f.address) }, 'bounce queued');
     if (!this.o.spool.get(id)) {
       this.o.log.info({ id }, 'removed');

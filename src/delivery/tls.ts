@@ -17,7 +17,8 @@ export interface NextHop {
   host: string;
   port: number;
   tls: 'none' | 'opportunistic' | 'required';
-  ca?: string;
+  /** the CA to verify the next hop with (PEM, read by the caller), else the system CAs */
+  ca?: Buffer;
   tlsServerName?: string;
   auth?: { user: string; pass?: string; passFile?: string };
 }
@@ -46,7 +47,7 @@ export function nextHopTransportOptions(hop: NextHop): NextHopTransportOptions {
       ? {
           rejectUnauthorized: true,
           minVersion: 'TLSv1.2',
-          ...(hop.ca ? { ca: readFileSync(hop.ca) } : {}),
+          ...(hop.ca ? { ca: hop.ca } : {}),
           servername: hop.tlsServerName ?? hop.host,
         }
       : { rejectUnauthorized: false },

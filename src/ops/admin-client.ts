@@ -5,11 +5,12 @@
  * the spool file.
  */
 import http from 'node:http';
-import { adminToken, parseHostPort, type Config } from '../config/index.js';
+import { adminToken, type ParsedConfig } from '../config/index.js';
+import { formatHostPort, type HostPort } from '../base/net.js';
 
 export class DaemonDown extends Error {
-  constructor(readonly listen: string, cause: string) {
-    super(`shadowrelay does not answer on ${listen}: is it running? (${cause})`);
+  constructor(readonly listen: HostPort, cause: string) {
+    super(`shadowrelay does not answer on ${formatHostPort(listen)}: is it running? (${cause})`);
     this.name = 'DaemonDown';
   }
 }
@@ -22,13 +23,13 @@ export class AdminError extends Error {
 }
 
 /** Where to reach the admin endpoint: a wildcard listen address is reached on loopback. */
-export function adminTarget(cfg: Config): { host: string; port: number } {
-  const hp = parseHostPort(cfg.admin.listen)!;
+export function adminTarget(cfg: ParsedConfig): HostPort {
+  const hp = cfg.admin.listen;
   const host = hp.host === '0.0.0.0' ? '127.0.0.1' : hp.host === '::' ? '::1' : hp.host;
   return { host, port: hp.port };
 }
 
-export function adminRequest<T>(cfg: Config, method: string, path: string, timeoutMs = 30000): Promise<T> {
+export function adminRequest<T>(cfg: ParsedConfig, method: string, path: string, timeoutMs = 30000): Promise<T> {
   const { host, port } = adminTarget(cfg);
   const token = adminToken(cfg);
   return new Promise((resolve, reject) => {

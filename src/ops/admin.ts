@@ -21,20 +21,44 @@ import http from 'node:http';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { QueueService, ActionResult } from './queue.js';
-import { listenOn } from '../core/net.js';
+import { listenOn, type HostPort } from '../base/net.js';
 
 export interface Readiness {
   ready: boolean;
   reasons: string[];
 }
 
+/** What readiness is judged on, read when a probe asks. */
+export interface ReadinessState {
+  smtpStarted: boolean;
+  /** shadow.onFailure=accept: the node answers 250 even without a peer */
+  acceptsWithoutPeer: boolean;
+  anyPeerUp: boolean;
+  peers: Array<{ name: string; link: string; lastError: string | null; spoolFull?: boolean }>;
+}
+
+/**
+ * The readiness rule: the SMTP listener is up, and a peer can take a shadow copy now or the
+ * degraded policy is on. A node that would answer 451 to every message is not ready: a load
+ * balancer or Kubernetes sends the mail elsewhere.
+ */
+export function readiness(s: ReadinessState): Readiness {
+  const reasons: string[] = [];
+  if (!s.smtpStarted) reasons.push('smtp listener not up');
+  if (!s.anyPeerUp && !s.acceptsWithoutPeer) {
+    const why = s.peers.map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.lastError ? ` (${p.lastError})` : ''}`);
+    reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
+  }
+  return { ready: reasons.length === 0, reasons };
+}
+
 export interface AdminOptions {
-  readiness: () => Readiness;
+  readiness: () => ReadinessState;
   /** Prometheus exposition; absent → 404 */
   metrics?: () => Promise<{ contentType: string; text: string }>;
   queue?: QueueService;
-  /** current bearer token (read per request: a reload can change it); undefined → open */
-  token?: () => string | undefined;
+  /** bearer token (a reload can change it: `setToken`); undefined → open */
+  token?: string;
   log?: Logger;
 }
 
@@ -49,7 +73,10 @@ function sameSecret(a: string, b: string): boolean {
 export class AdminServer {
   private readonly server: http.Server;
 
+  private token: string | undefined;
+
   constructor(private readonly o: AdminOptions) {
+    this.token = o.token;
     this.server = http.createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
         o.log?.error({ err: (err as Error).message, url: req.url }, 'admin: request failed');
@@ -75,11 +102,11 @@ export class AdminServer {
     if (path === '/healthz' || path === '/readyz') {
       if (method !== 'GET') return send(405, { error: 'method not allowed' });
       if (path === '/healthz') return send(200, { status: 'ok' });
-      const r = this.o.readiness();
+      const r = readiness(this.o.readiness());
       return send(r.ready ? 200 : 503, r.ready ? { status: 'ready' } : { status: 'not ready', reasons: r.reasons });
     }
 
-    const token = this.o.token?.();
+    const token = this.token;
     if (token) {
       const auth = req.headers.authorization ?? '';
       const m = /^Bearer\s+(\S+)$/i.exec(auth);
@@ -122,8 +149,13 @@ export class AdminServer {
     return v ? send(200, v) : send(404, { error: `${id}: no such message in the queue` });
   }
 
-  listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return listenOn(this.server, host, port);
+  /** Live change (config reload): the bearer token for requests from now on. */
+  setToken(token: string | undefined): void {
+    this.token = token;
+  }
+
+  listen(at: HostPort): Promise<HostPort> {
+    return listenOn(this.server, at.host, at.port);
   }
 
   close(): Promise<void> {

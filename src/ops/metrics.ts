@@ -3,65 +3,23 @@
  *
  * Implementation summary:
  * - One `Metrics` object per node, built by the composition root and handed to the parts as
- *   the narrow `RelayMetrics` event interface (no global registry: `new Registry()`), so two
- *   nodes in one process (tests, demo) never mix their numbers.
+ *   the narrow `RelayMetrics` event port (base/metrics.ts; no global registry: `new
+ *   Registry()`), so two nodes in one process (tests, demo) never mix their numbers.
  * - Events are counted where they happen (accept, refuse, deliver, promote, duplicate risk);
  *   states (queue sizes, oldest age, peers, discards pending, spool bytes) are read from their
- *   owners at scrape time through `MetricsSources`, so they are never stale.
- * - Parts that take a `RelayMetrics` default to `noMetrics`, so they work without one.
+ *   owners at scrape time through `MetricsSources` (`observe()`), so they are never stale.
+ * - This registry is the node's only count of events: tests read it through `snapshot()`.
  */
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
 import type { QueueStat } from '../spool/index.js';
-
-/** Why a message (or recipient) was refused; the `reason` label of `shadowrelay_messages_refused_total`. */
-export type RefusalReason =
-  | 'shadow_unconfirmed' // 451 4.4.1: the peer did not confirm the shadow copy in time
-  | 'storage' // 452 4.3.1: our own spool could not write
-  | 'relay_denied' // 554 5.7.1 at RCPT
-  | 'too_big' // 552 5.3.4
-  | 'internal' // 451 4.3.0
-  | (string & {}); // further reasons (auth, limits) added by the smtp part
-
-export type DeliveryOutcome = 'delivered' | 'deferred' | 'bounced';
-
-/** Kinds of the unavoidable duplicate windows (DESIGN invariant 5). */
-export type DuplicateRiskKind =
-  | 'reply_lost' // 250 committed but the client may not have seen it
-  | 'promoted_after_delivery' // the peer promoted a copy the primary may have delivered
-  | (string & {});
-
-/** The events parts report. Every method is cheap and never throws. */
-export interface RelayMetrics {
-  /** a message was accepted; `shadowSeconds` is null when degraded (no shadow copy) */
-  accepted(shadowSeconds: number | null): void;
-  refused(reason: RefusalReason): void;
-  /** one recipient's delivery outcome; `delaySeconds` since arrival (Postfix's delay=) */
-  delivery(outcome: DeliveryOutcome, delaySeconds: number): void;
-  /** one delivery attempt (one SMTP transaction to the next hop) took this long */
-  deliveryAttempt(seconds: number): void;
-  /** shadow copies of `peer` became ours to deliver (issue 3's promotion) */
-  promoted(peer: string, messages: number): void;
-  /** a duplicate may have been delivered (counted, per DESIGN invariant 5) */
-  duplicateRisk(kind: DuplicateRiskKind, n?: number): void;
-  /** a configuration reload was applied or refused */
-  reload(ok: boolean): void;
-  /** `peer` confirmed a shadow copy after `seconds` (the replication round trip) */
-  replicated(peer: string, seconds: number): void;
-  /** the link to `peer` made a new session after losing one */
-  linkReconnect(peer: string): void;
-}
-
-export const noMetrics: RelayMetrics = {
-  accepted: () => {},
-  refused: () => {},
-  delivery: () => {},
-  deliveryAttempt: () => {},
-  promoted: () => {},
-  duplicateRisk: () => {},
-  reload: () => {},
-  replicated: () => {},
-  linkReconnect: () => {},
-};
+import type {
+  RelayMetrics,
+  RefusalReason,
+  DeliveryOutcome,
+  DuplicateRiskKind,
+  BounceResult,
+  ShadowDropReason,
+} from '../base/metrics.js';
 
 export interface PeerGaugeSource {
   name: string;
@@ -85,52 +43,70 @@ export interface MetricsSources {
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const DELAY_BUCKETS = [0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 86400, 432000];
 
+/** Every counter of a node: name → help and labels (the README's metrics table lists them). */
+const COUNTERS = {
+  shadowrelay_messages_accepted_total: { help: 'Messages answered 250 (shadowed or degraded)', labels: [] },
+  shadowrelay_messages_degraded_total: { help: 'Messages accepted WITHOUT a shadow copy (shadow.onFailure=accept)', labels: [] },
+  shadowrelay_messages_refused_total: { help: 'Messages or recipients refused, by reason', labels: ['reason'] },
+  shadowrelay_deliveries_total: { help: 'Recipient delivery outcomes at the next hop', labels: ['outcome'] },
+  shadowrelay_delivery_expired_total: { help: 'Recipients failed because the queue lifetime passed (also counted as bounced)', labels: [] },
+  shadowrelay_delivery_attempts_total: { help: 'Delivery attempts started (one SMTP transaction to the next hop each)', labels: [] },
+  shadowrelay_delivery_cancelled_in_flight_total: { help: 'Messages cancelled (their peer delivered them) while this node was sending them', labels: [] },
+  shadowrelay_delivery_record_retries_total: { help: 'Delivery outcome writes retried after a storage error', labels: [] },
+  shadowrelay_bounces_total: { help: 'Bounces: queued (accepted and shadowed), deferred (retried later), suppressed (null sender)', labels: ['result'] },
+  shadowrelay_promotions_total: { help: 'Times the shadow copies of an unreachable peer were promoted', labels: ['peer'] },
+  shadowrelay_promoted_messages_total: { help: 'Shadow copies promoted to deliverable messages', labels: ['peer'] },
+  shadowrelay_promoted_cancelled_total: { help: 'Promoted copies cancelled because their origin delivered them', labels: [] },
+  shadowrelay_duplicate_risk_total: { help: 'Events where a message may have been delivered twice (unavoidable windows)', labels: ['kind'] },
+  shadowrelay_shadows_dropped_total: { help: 'Shadow copies dropped undelivered: orphan (its primary does not hold it), expired (maxShadowAgeMs)', labels: ['reason'] },
+  shadowrelay_reconciles_total: { help: 'Reconciles with a peer as primary (after a start or the peer coming back)', labels: ['peer'] },
+  shadowrelay_reconcile_dropped_total: { help: 'Own queued messages dropped because the peer had promoted them', labels: ['peer'] },
+  shadowrelay_config_reloads_total: { help: 'Configuration reloads (SIGHUP), applied or refused', labels: ['result'] },
+  shadowrelay_replication_failures_total: { help: 'Shadow copies a peer did not confirm (refused, timed out, unreachable)', labels: ['peer'] },
+  shadowrelay_discards_confirmed_total: { help: 'Discards confirmed by peers: whole messages, or recipients of messages partly delivered', labels: ['scope'] },
+  shadowrelay_peer_reconnects_total: { help: 'New replication sessions to the peer after one was lost or stopped answering', labels: ['peer'] },
+} as const;
+
+type CounterName = keyof typeof COUNTERS;
+const HISTOGRAMS = ['shadowrelay_shadow_seconds', 'shadowrelay_delivery_delay_seconds', 'shadowrelay_delivery_attempt_seconds', 'shadowrelay_replication_seconds'] as const;
+const GAUGES = [
+  'shadowrelay_queue_messages',
+  'shadowrelay_queue_oldest_age_seconds',
+  'shadowrelay_peer_up',
+  'shadowrelay_peer_link_state',
+  'shadowrelay_peer_last_put_age_seconds',
+  'shadowrelay_peer_heartbeat_age_seconds',
+  'shadowrelay_discards_pending',
+  'shadowrelay_spool_bytes',
+] as const;
+
+/** A sample name of this registry: a counter, a gauge, or a histogram's `_count` / `_sum`. */
+export type MetricName = CounterName | (typeof GAUGES)[number] | `${(typeof HISTOGRAMS)[number]}_${'count' | 'sum'}`;
+
+/** The node's metrics at one moment. */
+export interface MetricsSnapshot {
+  /** the sum of the samples of `name` whose labels include `labels` (0 when there is none) */
+  value(name: MetricName, labels?: Record<string, string>): number;
+}
+
 export class Metrics implements RelayMetrics {
   readonly registry = new Registry();
-  private readonly acceptedTotal: Counter;
-  private readonly degradedTotal: Counter;
-  private readonly refusedTotal: Counter<'reason'>;
+  private readonly counters: { [K in CounterName]: Counter<string> };
   private readonly shadowSeconds: Histogram;
-  private readonly deliveriesTotal: Counter<'outcome'>;
   private readonly deliveryDelay: Histogram<'outcome'>;
   private readonly attemptSeconds: Histogram;
-  private readonly promotionsTotal: Counter<'peer'>;
-  private readonly promotedMessagesTotal: Counter<'peer'>;
-  private readonly duplicateRiskTotal: Counter<'kind'>;
-  private readonly reloadsTotal: Counter<'result'>;
   private readonly replicationSeconds: Histogram<'peer'>;
-  private readonly reconnectsTotal: Counter<'peer'>;
 
-  constructor(node: string, sources: MetricsSources) {
+  constructor(node: string) {
     const registers = [this.registry];
     this.registry.setDefaultLabels({ node });
     collectDefaultMetrics({ register: this.registry });
-    this.acceptedTotal = new Counter({
-      name: 'shadowrelay_messages_accepted_total',
-      help: 'Messages answered 250 (shadowed or degraded)',
-      registers,
-    });
-    this.degradedTotal = new Counter({
-      name: 'shadowrelay_messages_degraded_total',
-      help: 'Messages accepted WITHOUT a shadow copy (shadow.onFailure=accept)',
-      registers,
-    });
-    this.refusedTotal = new Counter({
-      name: 'shadowrelay_messages_refused_total',
-      help: 'Messages or recipients refused, by reason',
-      labelNames: ['reason'],
-      registers,
-    });
+    const counter = (name: CounterName) => new Counter({ name, help: COUNTERS[name].help, labelNames: [...COUNTERS[name].labels], registers });
+    this.counters = Object.fromEntries(Object.keys(COUNTERS).map((n) => [n, counter(n as CounterName)])) as Metrics['counters'];
     this.shadowSeconds = new Histogram({
       name: 'shadowrelay_shadow_seconds',
       help: 'End of DATA to 250: local spool, shadow copy confirmed by the peer, mark accepted; _count = messages shadowed',
       buckets: LATENCY_BUCKETS,
-      registers,
-    });
-    this.deliveriesTotal = new Counter({
-      name: 'shadowrelay_deliveries_total',
-      help: 'Recipient delivery outcomes at the next hop',
-      labelNames: ['outcome'],
       registers,
     });
     this.deliveryDelay = new Histogram({
@@ -146,30 +122,6 @@ export class Metrics implements RelayMetrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    this.promotionsTotal = new Counter({
-      name: 'shadowrelay_promotions_total',
-      help: 'Times the shadow copies of an unreachable peer were promoted',
-      labelNames: ['peer'],
-      registers,
-    });
-    this.promotedMessagesTotal = new Counter({
-      name: 'shadowrelay_promoted_messages_total',
-      help: 'Shadow copies promoted to deliverable messages',
-      labelNames: ['peer'],
-      registers,
-    });
-    this.duplicateRiskTotal = new Counter({
-      name: 'shadowrelay_duplicate_risk_total',
-      help: 'Events where a message may have been delivered twice (unavoidable windows)',
-      labelNames: ['kind'],
-      registers,
-    });
-    this.reloadsTotal = new Counter({
-      name: 'shadowrelay_config_reloads_total',
-      help: 'Configuration reloads (SIGHUP), applied or refused',
-      labelNames: ['result'],
-      registers,
-    });
     this.replicationSeconds = new Histogram({
       name: 'shadowrelay_replication_seconds',
       help: 'Round trip of one shadow copy: sent to the peer until the peer confirmed it on disk',
@@ -177,17 +129,24 @@ export class Metrics implements RelayMetrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    this.reconnectsTotal = new Counter({
-      name: 'shadowrelay_peer_reconnects_total',
-      help: 'New replication sessions to the peer after one was lost or stopped answering',
-      labelNames: ['peer'],
-      registers,
-    });
     // start every labelled series at 0 so rate() works from the first scrape
-    for (const r of ['shadow_unconfirmed', 'storage', 'relay_denied', 'too_big']) this.refusedTotal.inc({ reason: r }, 0);
-    for (const o of ['delivered', 'deferred', 'bounced']) this.deliveriesTotal.inc({ outcome: o }, 0);
-    for (const r of ['applied', 'refused']) this.reloadsTotal.inc({ result: r }, 0);
+    const zero = (name: CounterName, label: string, values: string[]) => {
+      for (const v of values) this.counters[name].inc({ [label]: v }, 0);
+    };
+    zero('shadowrelay_messages_refused_total', 'reason', ['shadow_unconfirmed', 'storage', 'relay_denied', 'too_big']);
+    zero('shadowrelay_deliveries_total', 'outcome', ['delivered', 'deferred', 'bounced']);
+    zero('shadowrelay_config_reloads_total', 'result', ['applied', 'refused']);
+    zero('shadowrelay_bounces_total', 'result', ['queued', 'deferred', 'suppressed']);
+    zero('shadowrelay_shadows_dropped_total', 'reason', ['orphan', 'expired']);
+    zero('shadowrelay_discards_confirmed_total', 'scope', ['message', 'recipient']);
+  }
 
+  /**
+   * The state gauges, read from their owners at scrape time. Called once by the composition
+   * root when the parts that own the state are built.
+   */
+  observe(sources: MetricsSources): void {
+    const registers = [this.registry];
     new Gauge({
       name: 'shadowrelay_queue_messages',
       help: 'Messages in the spool by role (primary: ours to deliver; shadow: copies held for a peer) and state',
@@ -278,47 +237,101 @@ export class Metrics implements RelayMetrics {
   }
 
   accepted(shadowSeconds: number | null): void {
-    this.acceptedTotal.inc();
-    if (shadowSeconds === null) this.degradedTotal.inc();
+    this.counters.shadowrelay_messages_accepted_total.inc();
+    if (shadowSeconds === null) this.counters.shadowrelay_messages_degraded_total.inc();
     else this.shadowSeconds.observe(shadowSeconds);
   }
 
   refused(reason: RefusalReason): void {
-    this.refusedTotal.inc({ reason });
+    this.counters.shadowrelay_messages_refused_total.inc({ reason });
   }
 
   delivery(outcome: DeliveryOutcome, delaySeconds: number): void {
-    this.deliveriesTotal.inc({ outcome });
+    this.counters.shadowrelay_deliveries_total.inc({ outcome });
     this.deliveryDelay.observe({ outcome }, delaySeconds);
+  }
+
+  deliveryExpired(): void {
+    this.counters.shadowrelay_delivery_expired_total.inc();
+  }
+
+  deliveryAttemptStarted(): void {
+    this.counters.shadowrelay_delivery_attempts_total.inc();
   }
 
   deliveryAttempt(seconds: number): void {
     this.attemptSeconds.observe(seconds);
   }
 
+  deliveryCancelled(): void {
+    this.counters.shadowrelay_delivery_cancelled_in_flight_total.inc();
+  }
+
+  deliveryRecordRetry(): void {
+    this.counters.shadowrelay_delivery_record_retries_total.inc();
+  }
+
+  bounce(result: BounceResult): void {
+    this.counters.shadowrelay_bounces_total.inc({ result });
+  }
+
   promoted(peer: string, messages: number): void {
-    this.promotionsTotal.inc({ peer });
-    this.promotedMessagesTotal.inc({ peer }, messages);
+    this.counters.shadowrelay_promotions_total.inc({ peer });
+    this.counters.shadowrelay_promoted_messages_total.inc({ peer }, messages);
+  }
+
+  promotedCancelled(messages: number): void {
+    this.counters.shadowrelay_promoted_cancelled_total.inc(messages);
   }
 
   duplicateRisk(kind: DuplicateRiskKind, n = 1): void {
-    this.duplicateRiskTotal.inc({ kind }, n);
+    this.counters.shadowrelay_duplicate_risk_total.inc({ kind }, n);
+  }
+
+  shadowsDropped(reason: ShadowDropReason, messages: number): void {
+    this.counters.shadowrelay_shadows_dropped_total.inc({ reason }, messages);
+  }
+
+  reconciled(peer: string, dropped: number): void {
+    this.counters.shadowrelay_reconciles_total.inc({ peer });
+    this.counters.shadowrelay_reconcile_dropped_total.inc({ peer }, dropped);
   }
 
   reload(ok: boolean): void {
-    this.reloadsTotal.inc({ result: ok ? 'applied' : 'refused' });
+    this.counters.shadowrelay_config_reloads_total.inc({ result: ok ? 'applied' : 'refused' });
   }
 
   replicated(peer: string, seconds: number): void {
     this.replicationSeconds.observe({ peer }, seconds);
   }
 
+  replicationFailed(peer: string): void {
+    this.counters.shadowrelay_replication_failures_total.inc({ peer });
+  }
+
+  discardsConfirmed(scope: 'message' | 'recipient', n: number): void {
+    this.counters.shadowrelay_discards_confirmed_total.inc({ scope }, n);
+  }
+
   linkReconnect(peer: string): void {
-    this.reconnectsTotal.inc({ peer });
+    this.counters.shadowrelay_peer_reconnects_total.inc({ peer });
   }
 
   /** The exposition text and its content type. */
   async render(): Promise<{ contentType: string; text: string }> {
     return { contentType: this.registry.contentType, text: await this.registry.metrics() };
+  }
+
+  /** Every sample of the registry now (gauges collected as for a scrape). */
+  async snapshot(): Promise<MetricsSnapshot> {
+    const samples = (await this.registry.getMetricsAsJSON()).flatMap((m) =>
+      m.values.map((v) => ({ name: (v as { metricName?: string }).metricName ?? m.name, labels: v.labels, value: v.value })),
+    );
+    return {
+      value: (name, labels = {}) =>
+        samples
+          .filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => String(s.labels[k]) === v))
+          .reduce((sum, s) => sum + s.value, 0),
+    };
   }
 }

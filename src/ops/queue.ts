@@ -13,6 +13,7 @@
  */
 import type { Logger } from 'pino';
 import type { QueueSpool, MessageSummary, MessageDetail } from '../spool/index.js';
+import { headerSection } from '../base/message.js';
 
 export interface HistoryEntry {
   at: number | null;
@@ -31,13 +32,6 @@ export interface MessageView extends MessageDetail {
 export type ActionResult =
   | { ok: true; id: string; result: string }
   | { ok: false; status: 404 | 409; error: string };
-
-/** Header section of a raw message: everything before the first empty line. */
-export function headerSection(raw: Buffer): string {
-  const text = raw.toString('utf8');
-  const end = text.search(/\r?\n\r?\n/);
-  return end < 0 ? text : text.slice(0, end);
-}
 
 function history(m: MessageDetail): HistoryEntry[] {
   const h: HistoryEntry[] = [];
@@ -67,13 +61,9 @@ export function viewMessage(spool: QueueSpool, id: string, withBody: boolean): M
   const d = spool.detail(id);
   if (!d) return undefined;
   const raw = spool.getWithBody(id)?.body ?? Buffer.alloc(0);
-  const v: MessageView = { ...d, headers: headerSection(raw), history: history(d) };
+  const v: MessageView = { ...d, headers: headerSection(raw).text, history: history(d) };
   if (withBody) v.body = raw.toString('utf8');
   return v;
-}
-
-export function listMessages(spool: QueueSpool): MessageSummary[] {
-  return spool.list();
 }
 
 export interface QueueServiceOptions {
@@ -89,7 +79,7 @@ export class QueueService {
   constructor(private readonly o: QueueServiceOptions) {}
 
   list(): MessageSummary[] {
-    return listMessages(this.o.spool);
+    return this.o.spool.list();
   }
 
   show(id: string, withBody: boolean): MessageView | undefined {

@@ -5,7 +5,7 @@
  * dedicated service group), and a refusal would take mail delivery down.
  */
 import { statSync } from 'node:fs';
-import type { Config } from '../config/index.js';
+import type { ParsedConfig } from '../config/index.js';
 
 export interface SecretFileWarning {
   key: string;
@@ -13,7 +13,7 @@ export interface SecretFileWarning {
   mode: string;
 }
 
-export function secretFileWarnings(cfg: Config): SecretFileWarning[] {
+export function secretFileWarnings(cfg: ParsedConfig): SecretFileWarning[] {
   const files: Array<[string, string]> = [['shadow.tls.key', cfg.shadow.tls.key]];
   if (cfg.smtp.tls) files.push(['smtp.tls.key', cfg.smtp.tls.key]);
   const auth = cfg.delivery.nextHop.auth;

@@ -20,7 +20,7 @@ import tls from 'node:tls';
 import type { TlsFiles } from './server.js';
 import { WINDOW } from './server.js';
 import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody } from './protocol.js';
-import { monotonicMs } from '../core/clock.js';
+import { monotonicMs } from '../base/clock.js';
 
 export class PeerError extends Error {
   /**

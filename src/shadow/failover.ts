@@ -20,7 +20,7 @@
  *
  * As a primary, for each peer P: after this node starts and after every down→up transition
  * of P, it first asks P what P promoted from it and drops those from its own queue. Until
- * that succeeds, messages shadowed on P are held (not delivered) — for at most
+ * that succeeds, messages shadowed on P wait (are not delivered) — for at most
  * `promoteAfterMs`: if P cannot be reached for that long it is either dead (and promotes
  * nothing) or cut off (and the pair accepts duplicates, see README "Failure handling").
  */
@@ -28,33 +28,8 @@ import type { Logger } from 'pino';
 import type { FailoverSpool, DiscardResult } from '../spool/index.js';
 import type { PeerClient } from './client.js';
 import type { DiscardBody } from './protocol.js';
-import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
-import { monotonicMs } from '../core/clock.js';
-
-/** Counters the ops part can export as metrics. */
-export interface FailoverCounters {
-  /** messages this node promoted from a peer's shadow copies */
-  promoted: number;
-  /** promotion runs (one per unreachable or re-incarnated peer) */
-  promotions: number;
-  /** promoted copies cancelled because the origin turned out to have delivered them */
-  promotedCancelled: number;
-  /**
-   * duplicate-risk events: a discard arrived for a copy this node had promoted and already
-   * delivered (the origin delivered it too, or never answered its client)
-   */
-  duplicates: number;
-  /** shadow copies dropped because their live primary did not know them */
-  orphansDropped: number;
-  /** shadow copies dropped for exceeding maxShadowAgeMs */
-  shadowsExpired: number;
-  /** successful reconciles with a peer, as primary */
-  reconciles: number;
-  /** own queued messages dropped because the peer had promoted them */
-  reconcileDropped: number;
-  /** holds released without a reconcile (peer unreachable for promoteAfterMs): duplicate risk */
-  holdsExpired: number;
-}
+import { noMetrics, type RelayMetrics } from '../base/metrics.js';
+import { monotonicMs } from '../base/clock.js';
 
 export interface FailoverOptions {
   nodeName: string;
@@ -72,10 +47,12 @@ export interface FailoverOptions {
   isUp: (peer: string) => boolean;
   /** shadow copies became deliverable here */
   onPromoted: () => void;
-  /** a hold on delivery was lifted */
+  /** a reconcile ended a wait on delivery */
   onReleased: () => void;
-  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk'>;
+  metrics?: FailoverMetrics;
 }
+
+export type FailoverMetrics = Pick<RelayMetrics, 'promoted' | 'promotedCancelled' | 'duplicateRisk' | 'shadowsDropped' | 'reconciled'>;
 
 /** Promotion records are kept this long after the fact if the origin never reconciles. */
 const PROMOTED_RETENTION_MS = 30 * 86400_000;
@@ -84,23 +61,12 @@ const VERIFY_BATCH = 500;
 interface PrimarySide {
   /** a reconcile with this peer is owed before delivering what it holds copies of */
   needed: boolean;
-  /** monotonic time the hold began */
+  /** monotonic time the wait began */
   since: number;
   running: boolean;
 }
 
 export class Failover {
-  readonly counters: FailoverCounters = {
-    promoted: 0,
-    promotions: 0,
-    promotedCancelled: 0,
-    duplicates: 0,
-    orphansDropped: 0,
-    shadowsExpired: 0,
-    reconciles: 0,
-    reconcileDropped: 0,
-    holdsExpired: 0,
-  };
   /** monotonic: durations must survive a wall-clock step */
   private readonly startedAt = monotonicMs();
   private readonly incarnationOf = new Map<string, string>();
@@ -111,7 +77,10 @@ export class Failover {
   private sweeping = false;
   private stopped = false;
 
+  private readonly metrics: FailoverMetrics;
+
   constructor(private readonly o: FailoverOptions) {
+    this.metrics = o.metrics ?? noMetrics;
     for (const c of o.clients) this.primary.set(c.name, { needed: true, since: this.startedAt, running: false });
   }
 
@@ -162,9 +131,7 @@ export class Failover {
     this.promoting.add(peer);
     try {
       const r = await this.o.spool.promoteShadows(peer, Date.now(), exceptIncarnation);
-      this.counters.promotions++;
-      this.counters.promoted += r.promoted.length;
-      if (r.promoted.length) (this.o.metrics ?? noMetrics).promoted(peer, r.promoted.length);
+      if (r.promoted.length) this.metrics.promoted(peer, r.promoted.length);
       for (const m of r.promoted) this.o.log.warn({ id: m.id, origin: peer, reason, pending: m.pending }, 'promoted');
       for (const id of r.emptied) this.o.log.info({ id, origin: peer }, 'shadow dropped: no recipient left to deliver');
       if (r.promoted.length) this.o.onPromoted();
@@ -180,7 +147,7 @@ export class Failover {
       const old = this.o.spool.oldShadows(c.name, now - this.o.maxShadowAgeMs, 1000);
       if (old.length === 0) continue;
       const dropped = await this.o.spool.dropShadows(c.name, old.map((r) => r.id));
-      this.counters.shadowsExpired += dropped.length;
+      if (dropped.length) this.metrics.shadowsDropped('expired', dropped.length);
       for (const id of dropped) {
         this.o.log.warn({ id, origin: c.name, maxShadowAgeMs: this.o.maxShadowAgeMs }, 'shadow expired: dropped a copy older than maxShadowAgeMs');
       }
@@ -209,7 +176,7 @@ export class Failover {
       const unknown = refs.filter((r) => !known.has(r.id)).map((r) => r.id);
       if (unknown.length === 0) continue;
       const dropped = await this.o.spool.dropShadows(c.name, unknown);
-      this.counters.orphansDropped += dropped.length;
+      if (dropped.length) this.metrics.shadowsDropped('orphan', dropped.length);
       for (const id of dropped) this.o.log.warn({ id, origin: c.name }, 'orphan shadow dropped: its primary does not hold the message');
     }
   }
@@ -226,11 +193,10 @@ export class Failover {
     if (body.ids.length) res = await this.o.spool.purgeShadows(peer, body.ids);
     for (const id of body.ids) this.o.log.info({ id, peer }, 'shadow discarded');
     for (const id of res.cancelled) this.o.log.warn({ id, origin: peer }, 'promoted copy cancelled: its origin delivered it');
-    this.counters.promotedCancelled += res.cancelled.length;
+    if (res.cancelled.length) this.metrics.promotedCancelled(res.cancelled.length);
     const dups = [...res.duplicates, ...duplicates];
-    if (dups.length) (this.o.metrics ?? noMetrics).duplicateRisk('promoted_after_delivery', dups.length);
+    if (dups.length) this.metrics.duplicateRisk('promoted_after_delivery', dups.length);
     for (const id of dups) {
-      this.counters.duplicates++;
       this.o.log.warn({ id, origin: peer }, 'duplicate risk: this node promoted and delivered a message its origin also finished (delivered it, or never answered its client)');
     }
     return res.purged;
@@ -279,13 +245,12 @@ export class Failover {
       const promoted = await client.reconcile(this.o.spool.incarnation, this.o.timeoutMs());
       const dropped = promoted.length ? await this.o.spool.dropPromotedByPeer(peer, promoted) : [];
       for (const id of dropped) this.o.log.warn({ id, peer }, 'dropped: the peer promoted and delivers this message');
-      this.counters.reconcileDropped += dropped.length;
       // only what we dropped is settled; an id we no longer hold was delivered here, and
       // our discard for it (still owed) tells the peer, which counts the duplicate
       if (dropped.length) await client.reconcileDone(dropped, this.o.timeoutMs());
-      this.counters.reconciles++;
+      this.metrics.reconciled(peer, dropped.length);
       this.o.log.info({ peer, promotedByPeer: promoted.length, dropped: dropped.length }, 'reconciled with peer');
-      // a new down→up transition while we asked restarts the hold
+      // a new down→up transition while we asked restarts the wait
       if (p.since === started) p.needed = false;
       this.o.onReleased();
     } catch (err) {
@@ -296,21 +261,20 @@ export class Failover {
   }
 
   /**
-   * Peers this node must reconcile with before delivering what they hold copies of. A hold
+   * Peers this node must reconcile with before delivering what they hold copies of. The wait
    * lasts at most promoteAfterMs (see the summary at the top).
    */
-  heldPeers(now = monotonicMs()): string[] {
-    const held: string[] = [];
+  awaitingReconcile(now = monotonicMs()): string[] {
+    const waiting: string[] = [];
     for (const [peer, p] of this.primary) {
       if (!p.needed) continue;
-      if (now - p.since < this.o.promoteAfterMs) held.push(peer);
+      if (now - p.since < this.o.promoteAfterMs) waiting.push(peer);
       else {
         p.needed = false;
-        this.counters.holdsExpired++;
-        (this.o.metrics ?? noMetrics).duplicateRisk('delivered_without_reconcile');
+        this.metrics.duplicateRisk('delivered_without_reconcile');
         this.o.log.warn({ peer, heldMs: Math.round(now - p.since) }, 'no reconcile with the peer within promoteAfterMs: delivering anyway (duplicate risk if it promoted)');
       }
     }
-    return held;
+    return waiting;
   }
 }

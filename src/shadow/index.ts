@@ -24,42 +24,43 @@ import type { Logger } from 'pino';
 import type { LinkSpool } from '../spool/index.js';
 import { PeerClient, PeerError } from './client.js';
 import { ShadowServer, type TlsFiles } from './server.js';
-import { Failover, type FailoverCounters } from './failover.js';
-import { parseHostPort } from '../config/index.js';
-import type { RelayMetrics } from '../ops/metrics.js';
-import { monotonicMs } from '../core/clock.js';
+import { Failover, type FailoverMetrics } from './failover.js';
+import { noMetrics, type RelayMetrics } from '../base/metrics.js';
+import type { HostPort } from '../base/net.js';
+import type { Envelope } from '../base/message.js';
+import { monotonicMs } from '../base/clock.js';
 
 export { PeerError } from './client.js';
-export type { FailoverCounters } from './failover.js';
+export type { TlsFiles } from './server.js';
 
-export interface ShadowLinkOptions {
-  nodeName: string;
-  listen: { host: string; port: number };
-  peers: Array<{ name: string; address: string }>;
+/** What a config reload may change on a running link. */
+export interface ShadowLinkSettings {
   tls: TlsFiles;
   timeoutMs: number;
+}
+
+export interface ShadowLinkOptions extends ShadowLinkSettings {
+  nodeName: string;
+  listen: HostPort;
+  peers: Array<{ name: string; address: HostPort }>;
   heartbeatMs: number;
   promoteAfterMs: number;
   maxShadowAgeMs: number;
+  /** delivery.retry.maxAgeMs: shadow copies should outlive their primary's retries (warned otherwise) */
+  retryMaxAgeMs: number;
   reconcileIntervalMs: number;
   maxMessageSize: number;
   spool: LinkSpool;
   log: Logger;
   /** shadow copies were promoted: there is new work for the delivery worker */
   onPromoted?: () => void;
-  /** a reconcile lifted a hold on delivery */
+  /** a reconcile ended a wait on delivery */
   onReleased?: () => void;
   /** promotion and reconcile report promotions and duplicate-risk events here */
-  metrics?: Pick<RelayMetrics, 'promoted' | 'duplicateRisk' | 'replicated' | 'linkReconnect'>;
+  metrics?: ShadowMetrics;
 }
 
-/** Counters the ops part can export as metrics (failover ones: `failover.counters`). */
-export interface LinkCounters {
-  replicated: number;
-  replicateFailed: number;
-  discardsConfirmed: number;
-  recipientDiscardsConfirmed: number;
-}
+type ShadowMetrics = FailoverMetrics & Pick<RelayMetrics, 'replicated' | 'replicationFailed' | 'discardsConfirmed' | 'linkReconnect'>;
 
 export interface PeerStatus {
   name: string;
@@ -94,22 +95,14 @@ interface PeerState {
   spoolFull: boolean;
 }
 
-export interface ReplicateInput {
-  id: string;
-  sender: string;
-  recipients: string[];
-  receivedAt: number;
-  body: Buffer;
-}
-
 const DISCARD_BATCH = 500;
 const DISCARD_INTERVAL_MS = 1000;
 /** how long a pump request waits for more discards to join it */
 const DISCARD_DELAY_MS = 50;
 
 export class ShadowLink {
-  readonly counters: LinkCounters = { replicated: 0, replicateFailed: 0, discardsConfirmed: 0, recipientDiscardsConfirmed: 0 };
-  readonly failover: Failover;
+  private readonly failover: Failover;
+  private readonly metrics: ShadowMetrics;
   private readonly server: ShadowServer;
   private readonly clients: PeerClient[];
   private readonly status = new Map<string, PeerState>();
@@ -125,6 +118,14 @@ export class ShadowLink {
   private doubtsEnded = false;
 
   constructor(private readonly o: ShadowLinkOptions) {
+    this.metrics = o.metrics ?? noMetrics;
+    if (o.maxShadowAgeMs < o.retryMaxAgeMs) {
+      // a copy dropped while its primary still retries is lost if that primary then dies
+      o.log.warn(
+        { maxShadowAgeMs: o.maxShadowAgeMs, maxAgeMs: o.retryMaxAgeMs },
+        'shadow.maxShadowAgeMs is shorter than delivery.retry.maxAgeMs: a peer drops copies its primary still retries',
+      );
+    }
     this.server = new ShadowServer({
       nodeName: o.nodeName,
       peerNames: o.peers.map((p) => p.name),
@@ -142,12 +143,11 @@ export class ShadowLink {
       },
     });
     this.clients = o.peers.map((p) => {
-      const hp = parseHostPort(p.address)!;
       this.status.set(p.name, { name: p.name, lastSeen: null, lastContact: null, lastPut: null, rttMs: null, incarnation: null, lastError: null, spoolFull: false });
       return new PeerClient({
         name: p.name,
-        host: hp.host,
-        port: hp.port,
+        host: p.address.host,
+        port: p.address.port,
         tls: o.tls,
         // a handshake takes milliseconds; waiting the whole request deadline for one that
         // stalled would delay recovery after a silent fault
@@ -157,7 +157,7 @@ export class ShadowLink {
         backoffMs: { initialMs: 100, maxMs: Math.min(1000, o.heartbeatMs) },
         events: {
           connected: (reconnect) => {
-            if (reconnect) this.o.metrics?.linkReconnect(p.name);
+            if (reconnect) this.metrics.linkReconnect(p.name);
             this.o.log.debug({ peer: p.name, reconnect }, 'shadow link session established');
           },
           up: () => this.linkUp(p.name),
@@ -181,15 +181,11 @@ export class ShadowLink {
       isUp: (peer) => this.isUp(peer),
       onPromoted: () => o.onPromoted?.(),
       onReleased: () => o.onReleased?.(),
-      metrics: o.metrics,
+      metrics: this.metrics,
     });
   }
 
-  get failoverCounters(): FailoverCounters {
-    return this.failover.counters;
-  }
-
-  async start(): Promise<{ host: string; port: number }> {
+  async start(): Promise<HostPort> {
     const addr = await this.server.listen(this.o.listen.host, this.o.listen.port);
     this.hbTimer = setInterval(() => void this.heartbeatAll(), this.o.heartbeatMs);
     this.hbTimer.unref();
@@ -252,8 +248,8 @@ export class ShadowLink {
   }
 
   /** Peers this node must reconcile with before delivering what they hold copies of. */
-  heldPeers(): string[] {
-    return this.failover.heldPeers();
+  awaitingReconcile(): string[] {
+    return this.failover.awaitingReconcile();
   }
 
   private failed(peer: string, err: Error): void {
@@ -284,7 +280,7 @@ export class ShadowLink {
    * Puts the shadow copy on a peer's disk. Resolves with the peer's name; rejects with
    * PeerError when no peer confirmed in time.
    */
-  async replicate(m: ReplicateInput): Promise<string> {
+  async replicate(m: Envelope): Promise<string> {
     let last: Error | undefined;
     // peers that got the copy's bytes but gave no answer: they may hold it
     const maybe: string[] = [];
@@ -297,17 +293,16 @@ export class ShadowLink {
           m.body,
           this.o.timeoutMs,
         );
-        this.o.metrics?.replicated(c.name, (monotonicMs() - t0) / 1000);
+        this.metrics.replicated(c.name, (monotonicMs() - t0) / 1000);
         this.contact(c.name, null);
         const st = this.status.get(c.name);
         if (st) {
           st.lastPut = Date.now();
           st.spoolFull = false;
         }
-        this.counters.replicated++;
         return c.name;
       } catch (e) {
-        this.counters.replicateFailed++;
+        this.metrics.replicationFailed(c.name);
         last = e as Error;
         if (e instanceof PeerError && e.maybeDone) maybe.push(c.name);
         if (e instanceof PeerError && e.status === 507) this.status.get(c.name)!.spoolFull = true;
@@ -400,8 +395,8 @@ export class ShadowLink {
           await c.discard(rcpts.length ? { ids, rcpts } : { ids }, this.o.timeoutMs);
           await this.o.spool.discardsConfirmed(c.name, ids);
           if (rcpts.length) await this.o.spool.recipientDiscardsConfirmed(c.name, rcpts);
-          this.counters.discardsConfirmed += ids.length;
-          this.counters.recipientDiscardsConfirmed += rcpts.reduce((n, r) => n + r.idx.length, 0);
+          if (ids.length) this.metrics.discardsConfirmed('message', ids.length);
+          if (rcpts.length) this.metrics.discardsConfirmed('recipient', rcpts.reduce((n, r) => n + r.idx.length, 0));
           for (const id of ids) this.o.log.debug({ id, peer: c.name }, 'discard confirmed by peer');
         } catch (e) {
           this.failed(c.name, e as Error);
@@ -417,7 +412,7 @@ export class ShadowLink {
    * presents them on new connections; client sessions close gracefully (requests in flight
    * finish) and the next request reconnects with the new ones.
    */
-  reload(s: { tls: TlsFiles; timeoutMs: number }): void {
+  reload(s: ShadowLinkSettings): void {
     this.server.setTls(s.tls);
     for (const c of this.clients) c.setTls(s.tls);
     this.o.tls = s.tls;

@@ -22,8 +22,8 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { ServerSpool } from '../spool/index.js';
 import { decodePut, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody } from './protocol.js';
-import { sharedConcat } from '../core/buffers.js';
-import { listenOn } from '../core/net.js';
+import { sharedConcat } from '../base/buffers.js';
+import { listenOn } from '../base/net.js';
 
 export interface TlsFiles {
   ca: Buffer;

@@ -11,6 +11,10 @@
  * - quoted local parts (`"a@b"@c`), which smtp-server's parser refuses as a syntax error,
  *   are parsed, so that the relay policy — not a 501 — decides on them;
  * - `hangUp()`: reply and disconnect at once (bare LF in reject mode, DATA deadline);
+ * - replies whose text starts with an enhanced status code (base/replies.ts) are sent as they
+ *   are: smtp-server would prefix a second code derived from the numeric one;
+ * - the server offers what the listener needs of it: its open connections (graceful stop)
+ *   and applying new settings to the sessions that start from now on (config reload);
  * - the 220 greeting at once: smtp-server holds every connection 100 ms before it (an
  *   "early talker" check for public MX hosts; Postfix keeps it in postscreen, not smtpd). A
  *   sender opening one connection per message paid it every time: 20 such sessions could not
@@ -22,7 +26,7 @@ import { SMTPServer, type SMTPServerOptions, type SMTPServerSession, type SMTPSe
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import './replies.js'; // our enhanced codes pass through SMTPConnection.send unchanged
+import { hasEnhancedCode } from '../base/replies.js';
 
 export interface Refusal {
   code: number;
@@ -73,7 +77,7 @@ export class HardenedConnection extends SMTPConnection {
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
-    super.send(code, data, context);
+    this.write(code, data, context);
     if (this._closing || this._closed) return this.stopDeadline();
     if (code === 354) this.stopDeadline(); // DATA has its own deadline (see SmtpListener)
     else this.startDeadline();
@@ -125,8 +129,20 @@ export class HardenedConnection extends SMTPConnection {
   hangUp(code: number, text: string): void {
     this.stopDeadline();
     if (this._closing || this._closed) return;
-    super.send(code, text);
+    this.write(code, text);
     this.close();
+  }
+
+  /** Closes without any reply (the transaction's outcome is unknown: the client retries). */
+  disconnect(): void {
+    this.stopDeadline();
+    if (this._closing || this._closed) return;
+    this.close();
+  }
+
+  /** smtp-server's send, except that text carrying its own enhanced code gets no second one. */
+  private write(code: number, data?: string | string[] | null, context?: string | false): void {
+    super.send(code, data, typeof data === 'string' && hasEnhancedCode(data) ? false : context);
   }
 
   private startDeadline(): void {
@@ -141,14 +157,46 @@ export class HardenedConnection extends SMTPConnection {
   }
 }
 
+/** smtp-server options a running server may change (it reads them for each new session). */
+export interface ServerSettings {
+  name: string;
+  size: number;
+  maxRecipients: number;
+  socketTimeout: number;
+  maxCommandLength: number;
+  disabledCommands: string[];
+  hideSTARTTLS: boolean;
+  /** STARTTLS certificate and key (TLS 1.2 and later only) */
+  tls?: { cert: Buffer; key: Buffer };
+}
+
+/** smtp-server's TLS options for our certificate: TLS 1.2+ only (its own default still allows 1.0). */
+function tlsOptions(t: { cert: Buffer; key: Buffer }) {
+  return { key: t.key, cert: t.cert, minVersion: 'TLSv1.2' as const };
+}
+
 export class HardenedServer extends SMTPServer {
   private readonly bySession = new Map<string, HardenedConnection>();
 
   constructor(
-    options: SMTPServerOptions,
+    settings: ServerSettings,
+    options: Omit<SMTPServerOptions, keyof ServerSettings | 'key' | 'cert'>,
     private readonly hooks: EngineHooks,
   ) {
-    super(options);
+    const { tls, ...live } = settings;
+    super({ ...options, ...live, ...(tls ? tlsOptions(tls) : {}) });
+  }
+
+  /** New settings for the sessions that start from now on; open ones keep what they have. */
+  applySettings(settings: ServerSettings): void {
+    const { tls, ...live } = settings;
+    Object.assign(this.options, live);
+    if (tls) this.updateSecureContext(tlsOptions(tls));
+  }
+
+  /** The sessions open now. */
+  openConnections(): HardenedConnection[] {
+    return [...this.connections].filter((c): c is HardenedConnection => c instanceof HardenedConnection);
   }
 
   override connect(socket: net.Socket | tls.TLSSocket, socketOptions?: ConstructorParameters<typeof SMTPConnection>[2]): void {

@@ -23,40 +23,28 @@
  * - A failure inside our code answers 451 4.3.0; it never crashes the process. Bodies,
  *   passwords and AUTH blobs are never logged.
  * - Bodies held at once (being received or accepted) are bounded by `smtp.maxBytesInFlight`
- *   (gate.ts): past it, new bodies wait and are not read, so TCP holds their clients back.
+ *   (budget.ts): past it, new bodies wait and are not read, so TCP holds their clients back.
  *   A body is built in memory shared with the spool's writer thread (no copy on the way).
  * - Graceful stop (`drain`): the listener stays open but new clients and new transactions get
  *   `421 4.3.2 Service shutting down`; messages being received or accepted finish (250 or
  *   4xx); past the deadline, uploads still running are cut off (never accepted).
  */
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
-import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { reply, SmtpReply, HangUp } from './replies.js';
+import { reply, SmtpReply, HangUp } from '../base/replies.js';
+import { newQueueId } from '../base/ids.js';
+import { sharedConcat } from '../base/buffers.js';
+import { listenOn, type HostPort } from '../base/net.js';
+import { rfc5322Date, type InboundMessage } from '../base/message.js';
+import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 import type { NetworkList } from './networks.js';
-import { newQueueId } from '../core/ids.js';
-import { HardenedServer, type HardenedConnection, type RawAddress, type Refusal } from './engine.js';
+import { HardenedServer, type HardenedConnection, type RawAddress, type Refusal, type ServerSettings } from './engine.js';
 import { RelayPolicy } from './access.js';
 import { ConnectionLimiter, type ConnectionLimits } from './limits.js';
 import { Authenticator, AuthThrottle, type AuthSettings } from './auth.js';
 import { ContentFilter, type BareLineEndings } from './content.js';
-import { noMetrics, type RelayMetrics } from '../ops/metrics.js';
-import { BodyGate, type GateTicket } from './gate.js';
-import { sharedConcat } from '../core/buffers.js';
-import { listenOn } from '../core/net.js';
-import { LIMIT_DEFAULTS } from '../config/index.js';
-
-export { SmtpReply, reply } from './replies.js';
-
-export interface InboundMessage {
-  id: string;
-  sender: string;
-  recipients: string[];
-  /** the message as received, with our Received header prepended */
-  body: Buffer;
-  receivedAt: number;
-  client: { address: string; helo: string };
-}
+import { BodyBudget, type BudgetTicket } from './budget.js';
+import { monotonicMs } from '../base/clock.js';
 
 /** Takes responsibility for a message; resolves with the 250 text or throws an SmtpReply. */
 export interface Acceptor {
@@ -70,16 +58,17 @@ export interface SmtpSettings {
   maxRecipients: number;
   socketTimeoutMs: number;
   allowedNetworks: NetworkList;
-  tls?: { cert: string; key: string };
-  requireTLS?: boolean;
-  relayDomains?: string[];
-  bareLineEndings?: BareLineEndings;
+  /** STARTTLS certificate and key, read by the caller (which validated them) */
+  tls?: { cert: Buffer; key: Buffer };
+  requireTLS: boolean;
+  relayDomains: string[];
+  bareLineEndings: BareLineEndings;
   auth?: AuthSettings;
-  limits?: Partial<SmtpLimits>;
+  limits: SmtpLimits;
 }
 
 export interface SmtpListenerOptions extends SmtpSettings {
-  /** bytes of message bodies held at once, being received or accepted (gate.ts; restart to change) */
+  /** bytes of message bodies held at once, being received or accepted (budget.ts; restart to change) */
   maxBytesInFlight: number;
   acceptor: Acceptor;
   log: Logger;
@@ -94,23 +83,10 @@ export interface SmtpLimits extends ConnectionLimits {
   maxReceivedHeaders: number;
 }
 
-// one set of defaults: the config schema's
-const DEFAULT_LIMITS: SmtpLimits = LIMIT_DEFAULTS;
-
 // commands a client may use before STARTTLS when TLS is required (RFC 3207 §4)
 const BEFORE_TLS = new Set(['EHLO', 'HELO', 'STARTTLS', 'NOOP', 'RSET', 'QUIT']);
 // sendmail jokes and proxy commands smtp-server implements; none has a use here
 const ALWAYS_DISABLED = ['WIZ', 'SHELL', 'KILL', 'XCLIENT', 'XFORWARD'];
-
-// TLS 1.2+ only (smtp-server's own default still allows TLS 1.0 for old clients)
-function tlsOptions(t: { cert: string; key: string }) {
-  return { key: readFileSync(t.key), cert: readFileSync(t.cert), minVersion: 'TLSv1.2' as const };
-}
-
-function rfc2822Date(d: Date): string {
-  // e.g. "Thu, 26 Nov 2026 08:30:52 +0000 (UTC)" as Postfix writes it
-  return d.toUTCString().replace('GMT', '+0000 (UTC)');
-}
 
 export function receivedHeader(
   o: { hostname: string },
@@ -119,25 +95,39 @@ export function receivedHeader(
 ): string {
   const from = `from ${s.helo || 'unknown'} (unknown [${s.address}])`;
   const forClause = s.recipients.length === 1 ? `\r\n\tfor <${s.recipients[0]}>` : '';
-  return `Received: ${from}\r\n\tby ${o.hostname} (shadowrelay) with ${s.protocol} id ${s.id}${forClause}; ${rfc2822Date(when)}\r\n`;
+  // the date as Postfix writes it, e.g. "Thu, 26 Nov 2026 08:30:52 +0000 (UTC)"
+  return `Received: ${from}\r\n\tby ${o.hostname} (shadowrelay) with ${s.protocol} id ${s.id}${forClause}; ${rfc5322Date(when)} (UTC)\r\n`;
 }
 
-interface LiveConnection {
-  session: SMTPServerSession;
-  send(code: number, text: string): void;
-  close(): void;
+/** The commands disabled for every session (AUTH too when it is not configured). */
+function disabledCommands(s: Pick<SmtpSettings, 'auth'>): string[] {
+  return [...ALWAYS_DISABLED, ...(s.auth ? [] : ['AUTH'])];
+}
+
+/** The smtp-server options that follow our settings (at start and on reload). */
+function serverSettings(s: SmtpSettings): ServerSettings {
+  return {
+    name: s.hostname,
+    size: s.maxMessageSize,
+    maxRecipients: s.maxRecipients,
+    socketTimeout: s.socketTimeoutMs,
+    maxCommandLength: s.limits.maxLineLength,
+    disabledCommands: disabledCommands(s),
+    hideSTARTTLS: !s.tls,
+    tls: s.tls,
+  };
 }
 
 export class SmtpListener {
   private readonly server: HardenedServer;
-  private readonly bodyGate: BodyGate;
+  private readonly bodyBudget: BodyBudget;
   private draining = false;
-  /** sessions whose DATA is being received (or waits for the body gate) / whose message is being accepted */
+  private started = false;
+  /** sessions whose DATA is being received (or waits for the body budget) / whose message is being accepted */
   private readonly receiving = new Set<string>();
   private readonly accepting = new Set<string>();
   private readonly metrics: Pick<RelayMetrics, 'refused'>;
   // policy state below is replaced by reload(); the limiter and the AUTH lockouts carry over
-  private limits: SmtpLimits;
   private readonly limiter: ConnectionLimiter;
   private relay: RelayPolicy;
   private authenticator: Authenticator | undefined;
@@ -145,42 +135,33 @@ export class SmtpListener {
   private disabled: string[];
 
   constructor(private readonly o: SmtpListenerOptions) {
-    this.bodyGate = new BodyGate(o.maxBytesInFlight);
+    this.bodyBudget = new BodyBudget(o.maxBytesInFlight);
     this.metrics = o.metrics ?? noMetrics;
-    this.limits = { ...DEFAULT_LIMITS, ...o.limits };
-    this.limiter = new ConnectionLimiter(this.limits);
-    this.relay = new RelayPolicy(o.relayDomains ?? []);
+    this.limiter = new ConnectionLimiter(o.limits);
+    this.relay = new RelayPolicy(o.relayDomains);
     if (o.auth) {
       this.authenticator = new Authenticator(o.auth.users);
       this.throttle = new AuthThrottle(o.auth);
     }
-    this.disabled = [...ALWAYS_DISABLED, ...(o.auth ? [] : ['AUTH'])];
-    const tls = o.tls ? tlsOptions(o.tls) : {};
+    this.disabled = disabledCommands(o);
     const self = this; // the engine reads these per command, so a reload applies at once
     this.server = new HardenedServer(
+      serverSettings(o),
       {
-        ...tls,
-        name: o.hostname,
         banner: 'shadowrelay',
-        size: o.maxMessageSize,
         rejectOversized: true,
-        maxRecipients: o.maxRecipients,
-        maxCommandLength: this.limits.maxLineLength,
-        hideSTARTTLS: !o.tls,
         hideENHANCEDSTATUSCODES: false,
-        disabledCommands: this.disabled,
         authMethods: ['PLAIN', 'LOGIN'],
         // whether AUTH may run without TLS is decided by gate() (allowedNetworks only)
         allowInsecureAuth: true,
         authOptional: true,
         disableReverseLookup: true,
-        socketTimeout: o.socketTimeoutMs,
         logger: false,
         onConnect: (session, cb) => this.onConnect(session, cb),
         onMailFrom: (_addr, _session, cb) => (this.draining ? cb(reply(421, '4.3.2', 'Service shutting down')) : cb()),
         onSecure: (_sock, session, cb) => {
           // AUTH is offered from here on (the EHLO after STARTTLS lists it)
-          if (o.auth) session.disabledCommands = this.disabled;
+          if (this.o.auth) session.disabledCommands = this.disabled;
           cb();
         },
         onClose: (session) => {
@@ -196,10 +177,10 @@ export class SmtpListener {
           return self.o.hostname;
         },
         get commandTimeoutMs() {
-          return self.limits.commandTimeoutMs;
+          return self.o.limits.commandTimeoutMs;
         },
         get maxErrors() {
-          return self.limits.maxErrors;
+          return self.o.limits.maxErrors;
         },
         gate: (conn, command) => this.gate(conn, command),
       },
@@ -287,8 +268,15 @@ export class SmtpListener {
     cb();
   }
 
-  listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    return listenOn(this.server.server, host, port);
+  async listen(at: HostPort): Promise<HostPort> {
+    const addr = await listenOn(this.server.server, at.host, at.port);
+    this.started = true;
+    return addr;
+  }
+
+  /** The listener has been started (readiness: it stays true while it drains). */
+  get isStarted(): boolean {
+    return this.started;
   }
 
   private onData(
@@ -299,9 +287,9 @@ export class SmtpListener {
     const sid = session.id;
     this.receiving.add(sid);
     stream.once('close', () => this.receiving.delete(sid));
-    // the body is read only once the gate admits it (until then TCP holds the client back)
+    // the body is read only once the budget admits it (until then TCP holds the client back)
     const args = session.envelope.mailFrom ? (session.envelope.mailFrom.args as Record<string, string> | false) : false;
-    void this.bodyGate.enter(Number(args && args.SIZE) || undefined).then((ticket) => {
+    void this.bodyBudget.enter(Number(args && args.SIZE) || undefined).then((ticket) => {
       if (stream.destroyed) return ticket.release(); // the client left while it waited
       this.readBody(stream, session, callback, ticket);
     });
@@ -311,10 +299,10 @@ export class SmtpListener {
     stream: SMTPServerDataStream,
     session: SMTPServerSession,
     callback: (err?: Error | null, message?: string) => void,
-    ticket: GateTicket,
+    ticket: BudgetTicket,
   ): void {
     const conn = this.server.connectionOf(session);
-    const filter = new ContentFilter(this.o.bareLineEndings ?? 'normalize', this.limits.maxReceivedHeaders);
+    const filter = new ContentFilter(this.o.bareLineEndings, this.o.limits.maxReceivedHeaders);
     const chunks: Buffer[] = [];
     const sid = session.id;
     let settled = false;
@@ -333,7 +321,7 @@ export class SmtpListener {
       conn?.hangUp(421, `4.4.2 ${this.o.hostname} Error: timeout exceeded`);
       stream.resume();
       cb(reply(421, '4.4.2', `${this.o.hostname} Error: timeout exceeded`));
-    }, this.limits.dataTimeoutMs);
+    }, this.o.limits.dataTimeoutMs);
     deadline.unref();
     const keep = (b: Buffer) => {
       // past the limit, keep reading (the client must get its 552) but stop storing
@@ -408,11 +396,7 @@ export class SmtpListener {
         (text) => cb(null, text),
         (err: unknown) => {
           if (err instanceof SmtpReply) return cb(err);
-          if (err instanceof HangUp) {
-            const conns = (this.server as unknown as { connections: Set<LiveConnection> }).connections;
-            for (const c of conns) if (c.session.id === sid) c.close();
-            return;
-          }
+          if (err instanceof HangUp) return this.server.connectionOf(session)?.disconnect();
           this.o.log.error({ id, err }, 'accept failed unexpectedly');
           this.metrics.refused('internal');
           cb(reply(451, '4.3.0', 'Error: queue file write error'));
@@ -430,13 +414,12 @@ export class SmtpListener {
   async drain(deadlineMs: number): Promise<void> {
     this.draining = true;
     const until = async (cond: () => boolean, ms: number) => {
-      const end = Date.now() + ms;
-      while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      const end = monotonicMs() + ms;
+      while (!cond() && monotonicMs() < end) await new Promise((r) => setTimeout(r, 20));
     };
     await until(() => this.receiving.size === 0 && this.accepting.size === 0, deadlineMs);
-    const conns = (this.server as unknown as { connections: Set<LiveConnection> }).connections;
     const shut = () => {
-      for (const c of [...conns]) if (!this.accepting.has(c.session.id)) c.send(421, '4.3.2 Service shutting down');
+      for (const c of this.server.openConnections()) if (!this.accepting.has(c.session.id)) c.send(421, '4.3.2 Service shutting down');
     };
     shut();
     await until(() => this.accepting.size === 0, Number.POSITIVE_INFINITY);
@@ -447,25 +430,16 @@ export class SmtpListener {
   /**
    * Live change (config reload). smtp-server reads its options per session, our policy per
    * command, so new sessions and commands see the change; sessions already open keep what
-   * they negotiated. Connection counts and AUTH lockouts carry over. TLS files are read here:
-   * a caller validates them first (see relay reload) so a bad file never half-applies.
+   * they negotiated. Connection counts and AUTH lockouts carry over. The caller reads and
+   * validates the TLS files first, so a bad file never half-applies.
    */
   reload(s: SmtpSettings): void {
-    this.limits = { ...DEFAULT_LIMITS, ...s.limits };
-    this.limiter.setLimits(this.limits);
-    this.relay = new RelayPolicy(s.relayDomains ?? []);
+    this.limiter.setLimits(s.limits);
+    this.relay = new RelayPolicy(s.relayDomains);
     this.authenticator = s.auth ? new Authenticator(s.auth.users) : undefined;
     this.throttle = s.auth ? (this.throttle ?? new AuthThrottle(s.auth)).withSettings(s.auth) : undefined;
-    this.disabled = [...ALWAYS_DISABLED, ...(s.auth ? [] : ['AUTH'])];
-    const opts = this.server.options as unknown as Record<string, unknown>;
-    opts.name = s.hostname;
-    opts.size = s.maxMessageSize;
-    opts.maxRecipients = s.maxRecipients;
-    opts.socketTimeout = s.socketTimeoutMs;
-    opts.maxCommandLength = this.limits.maxLineLength;
-    opts.disabledCommands = this.disabled;
-    opts.hideSTARTTLS = !s.tls;
-    if (s.tls) this.server.updateSecureContext(tlsOptions(s.tls));
+    this.disabled = disabledCommands(s);
+    this.server.applySettings(serverSettings(s));
     Object.assign(this.o, s);
   }
 

@@ -77,6 +77,7 @@ export type {
   ShadowRef,
   RecipientDiscard,
   SpoolOptions,
+  WritableSpoolOptions,
 } from './types.js';
 export { MIGRATIONS } from './schema.js';
 
@@ -117,11 +118,11 @@ export class Spool {
 
   /**
    * The shadow copy is confirmed (or degraded policy): the message is ours to deliver.
-   * `settles`: this message is the bounce for these failed recipients of another message;
+   * `bounceFor`: this message is the bounce for these failed recipients of another message;
    * they are marked reported in the same transaction (no lost and no double bounce).
    */
-  markAccepted(id: string, shadowPeer: string | null, settles?: RecipientDiscard): Promise<void> {
-    return this.write(() => primary.markAccepted(this.c, id, shadowPeer, settles));
+  markAccepted(id: string, shadowPeer: string | null, bounceFor?: RecipientDiscard): Promise<void> {
+    return this.write(() => primary.markAccepted(this.c, id, shadowPeer, bounceFor));
   }
 
   /** Failed recipients that need no bounce (null sender): mark them reported. */

@@ -50,11 +50,11 @@ export function spoolPrimary(c: SpoolContext, m: NewMessage): void {
   insert(c, m, 'primary', 'spooled', c.node, c.incarnation);
 }
 
-export function markAccepted(c: SpoolContext, id: string, shadowPeer: string | null, settles?: RecipientDiscard): void {
+export function markAccepted(c: SpoolContext, id: string, shadowPeer: string | null, bounceFor?: RecipientDiscard): void {
   const r = c.st.setState.run('queued', shadowPeer, id);
   if (r.changes !== 1) throw new Error(`markAccepted: no primary message ${id}`);
   // the bounce and the bounced recipients settle in one transaction: no lost, no double bounce
-  if (settles) reportLocked(c, settles.id, settles.idx);
+  if (bounceFor) reportLocked(c, bounceFor.id, bounceFor.idx);
 }
 
 export function settleFailures(c: SpoolContext, id: string, idxs: number[]): { purged: boolean } {

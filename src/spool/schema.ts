@@ -84,8 +84,13 @@ export function openDatabase(dataDir: string, opts: SpoolOptions): { db: Databas
   // the last commits on power loss; our 250 promises durability.
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
-  db.pragma(`busy_timeout = ${Math.max(0, Math.floor(opts.busyTimeoutMs ?? 1000))}`);
+  busyTimeout(db, opts.busyTimeoutMs);
   return { db, file };
+}
+
+/** How long a statement waits for a lock another connection holds. */
+export function busyTimeout(db: Database.Database, ms: number): void {
+  db.pragma(`busy_timeout = ${Math.max(0, Math.floor(ms))}`);
 }
 
 /**

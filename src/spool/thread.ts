@@ -24,7 +24,8 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { Spool, type SpoolOptions } from './index.js';
+import { Spool, type WritableSpoolOptions } from './index.js';
+import { busyTimeout } from './schema.js';
 
 /** Spool's methods that return a promise: only those can wait for another thread's answer. */
 type AsyncMethod = { [K in keyof Spool]: Spool[K] extends (...a: never[]) => Promise<unknown> ? K : never }[keyof Spool];
@@ -152,7 +153,7 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
   private constructor(
     db: Database.Database,
     file: string,
-    opts: SpoolOptions,
+    opts: WritableSpoolOptions,
     private readonly worker: Worker,
     private readonly recovered: ReturnType<Spool['recover']>,
     onFatal: (err: Error) => void,
@@ -186,7 +187,7 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
    */
   static async openThreaded(
     dataDir: string,
-    opts: SpoolOptions,
+    opts: WritableSpoolOptions,
     o: { recoverPeers?: string[]; onFatal?: (err: Error) => void } = {},
   ): Promise<ThreadedSpool> {
     const onFatal = o.onFatal ?? (() => {});
@@ -207,7 +208,7 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
     });
     const file = path.join(dataDir, 'spool.db');
     const db = new Database(file, { readonly: true, fileMustExist: true });
-    db.pragma(`busy_timeout = ${Math.max(0, Math.floor(opts.busyTimeoutMs ?? 1000))}`);
+    busyTimeout(db, opts.busyTimeoutMs);
     return new ThreadedSpool(db, file, opts, worker, ready, onFatal);
   }
 

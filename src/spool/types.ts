@@ -4,17 +4,14 @@
  */
 import type Database from 'better-sqlite3';
 import type { Statements } from './statements.js';
+import type { Envelope } from '../base/message.js';
 
 export type Role = 'primary' | 'shadow';
 export type MessageState = 'spooled' | 'queued' | 'held' | 'shadow';
 export type RecipientState = 'pending' | 'delivered' | 'failed';
 
-export interface NewMessage {
-  id: string;
-  sender: string;
-  recipients: string[];
-  body: Buffer;
-  receivedAt: number;
+/** A message to store: its envelope, and the client address it came from (primaries). */
+export interface NewMessage extends Envelope {
   client?: string;
 }
 
@@ -109,18 +106,28 @@ export interface RecipientDiscard {
   idx: number[];
 }
 
-export interface SpoolOptions {
+export type SpoolOptions = ReadonlySpoolOptions | WritableSpoolOptions;
+
+interface CommonSpoolOptions {
   /** this node's name: origin of the primaries it accepts */
   node: string;
-  /** inspection only (queue tools while the daemon runs): no migration, no writes */
-  readonly?: boolean;
-  /**
-   * How long a write waits for a lock held by another connection. better-sqlite3 waits
-   * synchronously (the event loop stalls), so keep it short. Default 1000.
-   */
-  busyTimeoutMs?: number;
   /** cap on the database size; 0 or absent = unlimited */
   maxSizeBytes?: number;
+}
+
+/** inspection only (queue tools while the daemon runs): no migration, no writes */
+export interface ReadonlySpoolOptions extends CommonSpoolOptions {
+  readonly: true;
+}
+
+export interface WritableSpoolOptions extends CommonSpoolOptions {
+  readonly?: false;
+  /**
+   * How long a write waits for a lock held by another connection (`spool.busyTimeoutMs`;
+   * its default is the config schema's). better-sqlite3 waits synchronously (the event
+   * loop stalls), so keep it short.
+   */
+  busyTimeoutMs: number;
 }
 
 /** A `messages` row as the statements select it (without client, incarnation and body). */

@@ -4,11 +4,11 @@
  * a commit (fsync) is running land in the next transaction.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { Spool, type SpoolOptions } from './index.js';
+import { Spool, type WritableSpoolOptions } from './index.js';
 import { toWire, WRITES, type WriterReply, type WriterRequest } from './thread.js';
 
 const port = parentPort!;
-const { dataDir, opts, recoverPeers } = workerData as { dataDir: string; opts: SpoolOptions; recoverPeers: string[] };
+const { dataDir, opts, recoverPeers } = workerData as { dataDir: string; opts: WritableSpoolOptions; recoverPeers: string[] };
 const allowed = new Set<string>(WRITES);
 
 /** Structured clone turns Buffers into plain Uint8Arrays; SQLite binds Buffers. */

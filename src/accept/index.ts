@@ -1,0 +1,172 @@
+/**
+ * accept — the acceptance step, the heart of the guarantee:
+ *   [spool locally (fsync) ‖ shadow copy confirmed on a peer's disk] → mark accepted (fsync) → 250.
+ * (The two writes run in parallel; the 250 needs both.)
+ * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
+ * a discard is owed to the peers in case one stored a late copy. With the operator's
+ * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
+ * A put that got no answer may still have left a copy on the peer: before answering 451
+ * the acceptor asks the peer (`resolve`), so a 451 is only ever sent when no copy exists or
+ * can appear; a copy that turns out to be there gets its 250; with no answer in time the
+ * connection is closed without a reply (the client retries, as after any lost reply).
+ * Bounces take the same path (`acceptBounce`: the failed recipients they report are settled
+ * in the same transaction). If dropping an unacknowledged copy fails (storage error), the
+ * drop is retried in the background: a 'spooled' row left behind would make the peer's late
+ * copy look known.
+ */
+import type { Logger } from 'pino';
+import type { AcceptSpool, RecipientDiscard } from '../spool/index.js';
+import type { Bounce } from '../delivery/index.js';
+import { reply, HangUp } from '../base/replies.js';
+import type { Resolution } from '../shadow/index.js';
+import type { Envelope, InboundMessage } from '../base/message.js';
+import { noMetrics, type RelayMetrics } from '../base/metrics.js';
+
+/** Puts the shadow copy on a peer's disk; resolves with the peer's name (the shadow link). */
+export interface Replicator {
+  replicate(m: Envelope): Promise<string>;
+  /** settles a copy whose put got no answer (the error's `maybeStoredOn`) */
+  resolve?(id: string, peers: string[]): Promise<Resolution>;
+}
+
+export type OnFailure = 'reject' | 'accept';
+
+/** What a config reload may change. */
+export interface AcceptSettings {
+  onFailure: OnFailure;
+  /** the name this node gives itself as the client of its own bounces (smtp.hostname) */
+  hostname: string;
+}
+
+export interface ShadowedAcceptorOptions extends AcceptSettings {
+  spool: AcceptSpool;
+  replicator: Replicator;
+  peerNames: string[];
+  log: Logger;
+  /** called after the message is durable on two nodes (or degraded-accepted) */
+  onAccepted: (id: string) => void;
+  metrics?: Pick<RelayMetrics, 'accepted' | 'refused'>;
+}
+
+export class ShadowedAcceptor {
+  private readonly metrics: Pick<RelayMetrics, 'accepted' | 'refused'>;
+
+  constructor(private readonly o: ShadowedAcceptorOptions) {
+    this.metrics = o.metrics ?? noMetrics;
+  }
+
+  /** The policy when no peer confirms (readiness depends on it). */
+  get onFailure(): OnFailure {
+    return this.o.onFailure;
+  }
+
+  /** Live change (config reload). */
+  reload(s: AcceptSettings): void {
+    this.o.onFailure = s.onFailure;
+    this.o.hostname = s.hostname;
+  }
+
+  /** A bounce is accepted like inbound mail (spooled, shadowed, then queued), as from this node itself. */
+  async acceptBounce(b: Bounce): Promise<void> {
+    const { bounceFor, ...envelope } = b;
+    await this.accept({ ...envelope, client: { address: 'local', helo: this.o.hostname } }, { bounceFor });
+  }
+
+  async accept(m: InboundMessage, opts: { bounceFor?: RecipientDiscard } = {}): Promise<string> {
+    const { spool, log } = this.o;
+    const t0 = process.hrtime.bigint();
+    const client = m.client.address;
+    // The local write and the shadow copy run at the same time: the 250 waits for both, so
+    // the guarantee is the same, and the client waits for one fsync less. A copy the peer
+    // stores while the local write fails (452) or the node dies is an orphan, as with a 451:
+    // a discard is owed, and the peer's orphan check drops what this node does not know.
+    const { client: _from, ...envelope } = m; // the spool keeps the client address only
+    const local = spool
+      .spoolPrimary({ ...envelope, client })
+      .then(
+        () => null,
+        (err: unknown) => err as Error,
+      );
+    const shadow = this.o.replicator.replicate(m).then(
+      (peer) => ({ peer, err: null }),
+      (err: unknown) => ({ peer: null, err: err as Error }),
+    );
+    const localErr = await local;
+    if (localErr) {
+      this.metrics.refused('storage');
+      log.error({ id: m.id, err: localErr.message }, 'spool write failed');
+      // the peer may have stored its copy meanwhile: owe it a discard (retried while the spool fails)
+      void shadow.then((r) => (r.err ? undefined : this.drop(m.id)));
+      throw reply(452, '4.3.1', 'Insufficient system storage');
+    }
+    log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
+
+    let peer: string | null = null;
+    const replicated = await shadow;
+    const doubt = (replicated.err as { maybeStoredOn?: string[] } | null)?.maybeStoredOn;
+    let resolution: Resolution = 'absent';
+    if (replicated.err && doubt?.length && this.o.onFailure === 'reject' && this.o.replicator.resolve) {
+      resolution = await this.o.replicator.resolve(m.id, doubt);
+    }
+    if (!replicated.err) {
+      peer = replicated.peer;
+    } else if (typeof resolution === 'object') {
+      peer = resolution.held;
+      log.info({ id: m.id, peer }, 'shadow copy confirmed after a doubt: the peer holds it');
+    } else if (resolution === 'unknown') {
+      this.metrics.refused('shadow_unknown');
+      await this.drop(m.id);
+      log.warn({ id: m.id, reason: replicated.err.message, peers: doubt }, 'closed without a reply: the peer may hold the shadow copy and could not be asked (neither 250 nor 451 would be true)');
+      throw new HangUp();
+    } else {
+      const reason = replicated.err.message;
+      if (this.o.onFailure === 'accept') {
+        peer = null;
+        log.warn({ id: m.id, reason }, 'DEGRADED: accepted without a shadow copy (shadow.onFailure=accept)');
+      } else {
+        this.metrics.refused('shadow_unconfirmed');
+        await this.drop(m.id);
+        log.warn({ id: m.id, reason }, 'refused: shadow copy not confirmed');
+        throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
+      }
+    }
+    try {
+      await spool.markAccepted(m.id, peer, opts.bounceFor);
+    } catch (err) {
+      this.metrics.refused('storage');
+      await this.drop(m.id);
+      log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
+      throw reply(452, '4.3.1', 'Insufficient system storage');
+    }
+    const shadowMs = Number(process.hrtime.bigint() - t0) / 1e6;
+    this.metrics.accepted(peer === null ? null : shadowMs / 1000);
+    log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, shadowPeer: peer, shadowMs }, 'accepted');
+    this.o.onAccepted(m.id);
+    return `2.0.0 Ok: queued as ${m.id}`;
+  }
+
+  /** Drops an unacknowledged copy; on a storage error keeps trying in the background. */
+  private async drop(id: string): Promise<void> {
+    const { spool, log } = this.o;
+    try {
+      await spool.dropUnacked(id, this.o.peerNames);
+      return;
+    } catch (e) {
+      log.error({ id, err: (e as Error).message }, 'could not drop the unacknowledged copy; retrying');
+    }
+    void (async () => {
+      for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {
+        await new Promise((r) => setTimeout(r, wait).unref());
+        try {
+          await spool.dropUnacked(id, this.o.peerNames);
+          log.info({ id }, 'unacknowledged copy dropped');
+          return;
+        } catch (e) {
+          // once the spool is closed, the start-up recovery drops it
+          if (spool.isClosed) return;
+          log.error({ id, err: (e as Error).message }, 'could not drop the unacknowledged copy; retrying');
+        }
+      }
+    })();
+  }
+}

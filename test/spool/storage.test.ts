@@ -1,0 +1,163 @@
+/**
+ * Issue 3 — storage failures with real SQLite (no mocks): a full spool (SQLite's page limit),
+ * a spool locked by another connection (SQLITE_BUSY), shadow copies past their maximum age,
+ * and the spool's own guarantees (group commit after a rollback, start-up recovery, migration).
+ */
+import { describe, it, expect, afterEach } from 'vitest';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { Spool, MIGRATIONS } from '../../src/spool/index.js';
+import { deepMerge } from '../../tools/pair.js';
+import { startPair, send, queueIdOf, waitFor, waitForMetric, tmpDir, type Pair } from '../helpers/index.js';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const FAST = { delivery: { retry: { initialMs: 200, maxMs: 1000, maxAgeMs: 432000000 } }, shadow: { heartbeatMs: 300 } };
+
+async function pairWith(o: Record<string, unknown>, nodes: Record<string, Record<string, unknown>>, opts = {}): Promise<Pair> {
+  const pair = await startPair(deepMerge(FAST, o), nodes, opts);
+  cleanups.push(() => pair.stop());
+  return pair;
+}
+
+const subjects = (p: Pair) => p.sink.messages.map((m) => /Subject: ([^\r\n]*)/.exec(m.raw.toString())?.[1]);
+
+describe('storage errors', () => {
+  it('spool full (spool.maxSizeBytes, SQLite page limit) → 452 4.3.1; what was accepted is delivered; accepted again once delivery freed space', async () => {
+    const pair = await pairWith({}, { 'relay-a': { spool: { maxSizeBytes: 1048576 } } }, { sinkDown: true });
+    const port = pair.a.addresses.smtp.port;
+    const big = (n: number) => `Subject: big${n}\r\n\r\n${('x'.repeat(998) + '\r\n').repeat(100)}`; // ~100 KB
+    const accepted: string[] = [];
+    let full: { code: number; response: string } | undefined;
+    for (let n = 1; n <= 20 && !full; n++) {
+      const r = await send(port, { raw: big(n) });
+      if (r.code === 250) accepted.push(`big${n}`);
+      else full = r;
+    }
+    expect(full, 'the cap is reached within 20 messages').toBeDefined();
+    expect(full!.response).toBe('452 4.3.1 Insufficient system storage');
+    expect(accepted.length).toBeGreaterThanOrEqual(3);
+    const failure = pair.logs['relay-a']!.find((l) => l.msg === 'spool write failed');
+    expect(String(failure?.err)).toMatch(/database or disk is full/);
+    // the daemon is up and its accepted mail is intact: it all goes out once the next hop is back
+    await pair.openSink();
+    await waitFor(() => accepted.every((s) => subjects(pair).includes(s)), 30000, 'accepted mail delivered');
+    await waitFor(() => pair.a.spool.counts().primary === 0, 20000, 'A purged');
+    // delivery freed the pages: the spool accepts again
+    const again = await send(port, { raw: big(99) });
+    expect(again.code).toBe(250);
+    await waitFor(() => subjects(pair).includes('big99'), 20000, 'delivered after recovery');
+    expect(subjects(pair).length).toBe(new Set(subjects(pair)).size); // nothing twice
+  });
+
+  it('spool locked by another connection (SQLITE_BUSY) → 452 4.3.1; a delivery outcome is kept and recorded once the lock is gone; nothing twice', async () => {
+    const pair = await pairWith({}, { 'relay-a': { spool: { busyTimeoutMs: 200 } } });
+    const port = pair.a.addresses.smtp.port;
+    // the next hop holds its answer to m1 until the lock below is in place
+    let release!: () => void;
+    pair.sink.replyAfter = new Promise((r) => (release = r));
+    cleanups.push(() => release());
+    const m1 = queueIdOf((await send(port, { raw: 'Subject: m1\r\n\r\nx\r\n' })).response);
+    await waitForMetric(pair.a, 'shadowrelay_delivery_attempts_total', (n) => n >= 1, 20000, 'm1 being delivered');
+    const locker = new Database(path.join(pair.a.config.node.dataDir, 'spool.db'));
+    cleanups.push(() => {
+      if (locker.inTransaction) locker.exec('ROLLBACK');
+      locker.close();
+    });
+    locker.exec('BEGIN EXCLUSIVE');
+    const refused = await send(port, { raw: 'Subject: m2\r\n\r\nx\r\n' });
+    expect(refused.response).toBe('452 4.3.1 Insufficient system storage');
+    // the next hop takes m1, but A cannot write the outcome: it must keep it, not send again
+    release();
+    pair.sink.replyAfter = null;
+    await waitForMetric(pair.a, 'shadowrelay_delivery_record_retries_total', (n) => n >= 2, 30000, 'outcome write retried');
+    expect(pair.a.spool.get(m1)?.state).toBe('queued'); // not recorded yet
+    expect(subjects(pair)).toEqual(['m1']);
+    locker.exec('COMMIT');
+    await waitFor(() => pair.a.spool.counts().primary === 0, 30000, 'outcome recorded, m1 purged');
+    expect((await send(port, { raw: 'Subject: m3\r\n\r\nx\r\n' })).code).toBe(250);
+    await waitFor(() => subjects(pair).includes('m3'), 20000, 'm3 delivered');
+    await waitFor(() => pair.b.spool.counts().shadow === 0, 20000, 'B discarded both');
+    expect(subjects(pair)).toEqual(['m1', 'm3']);
+  });
+
+  it('shadow copies older than maxShadowAgeMs are dropped with a warning; the primary still delivers', async () => {
+    const pair = await pairWith({}, { 'relay-b': { shadow: { maxShadowAgeMs: 1500, reconcileIntervalMs: 300 } } }, { sinkDown: true });
+    expect(pair.logs['relay-b']!.some((l) => /maxShadowAgeMs is shorter than delivery.retry.maxAgeMs/.test(String(l.msg)))).toBe(true);
+    const r = await send(pair.a.addresses.smtp.port, { raw: 'Subject: aged\r\n\r\nx\r\n' });
+    const id = queueIdOf(r.response);
+    await waitFor(() => pair.b.spool.get(id) !== undefined, 10000, 'copy on B');
+    await waitFor(
+      () => pair.logs['relay-b']!.some((l) => l.msg === 'shadow expired: dropped a copy older than maxShadowAgeMs' && l.id === id && l.level === 40),
+      20000,
+      'expiry warning',
+    );
+    expect(pair.b.spool.get(id)).toBeUndefined();
+    expect(pair.a.spool.get(id)?.state).toBe('queued');
+    await pair.openSink();
+    await waitFor(() => pair.a.spool.counts().primary === 0 && pair.a.spool.counts().outbox === 0, 20000, 'delivered and discard confirmed');
+    expect(subjects(pair)).toEqual(['aged']);
+    expect((await pair.b.metrics.snapshot()).value('shadowrelay_shadows_dropped_total', { reason: 'expired' })).toBe(1);
+  });
+});
+
+describe('spool (real SQLite)', () => {
+  const msg = (id: string, size = 10) => ({ id, sender: 's@x.test', recipients: ['r@x.test'], body: Buffer.alloc(size, 120), receivedAt: Date.now() });
+
+  it('a write that hits SQLITE_FULL fails alone: the other writes of its group commit run again and succeed', async () => {
+    const { dir, cleanup } = tmpDir();
+    cleanups.push(cleanup);
+    const spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000, maxSizeBytes: 1048576 });
+    cleanups.push(() => spool.close());
+    // one event-loop turn: one group commit; SQLite rolls the whole transaction back on FULL
+    const r = await Promise.allSettled([
+      spool.spoolPrimary(msg('AAAAAAAA01')),
+      spool.spoolPrimary(msg('AAAAAAAA02', 2 * 1048576)),
+      spool.spoolPrimary(msg('AAAAAAAA03')),
+    ]);
+    expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(String((r[1] as PromiseRejectedResult).reason)).toMatch(/database or disk is full/);
+    expect(spool.list().map((m) => m.id)).toEqual(['AAAAAAAA01', 'AAAAAAAA03']);
+  });
+
+  it('start-up recovery drops unacknowledged messages and owes every peer a discard for them', async () => {
+    const { dir, cleanup } = tmpDir();
+    cleanups.push(cleanup);
+    let spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
+    await spool.spoolPrimary(msg('BBBBBBBB01'));
+    await spool.spoolPrimary(msg('BBBBBBBB02'));
+    await spool.markAccepted('BBBBBBBB02', 'peer-x');
+    await spool.close();
+    spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
+    cleanups.push(() => spool.close());
+    expect(spool.recover(['peer-x', 'peer-y'])).toEqual({ droppedUnacked: 1 });
+    expect(spool.list().map((m) => [m.id, m.state])).toEqual([['BBBBBBBB02', 'queued']]);
+    expect(spool.owedDiscards('peer-x', 10)).toEqual(['BBBBBBBB01']);
+    expect(spool.owedDiscards('peer-y', 10)).toEqual(['BBBBBBBB01']);
+  });
+
+  it('migrates a version-1 spool to version 2, keeping its messages and incarnation', async () => {
+    const { dir, cleanup } = tmpDir();
+    cleanups.push(cleanup);
+    const db = new Database(path.join(dir, 'spool.db'));
+    db.exec(MIGRATIONS[1]!);
+    db.prepare(`INSERT INTO meta VALUES ('schema_version','1'), ('incarnation','inc-1')`).run();
+    db.prepare(
+      `INSERT INTO messages(id,role,state,origin,origin_incarnation,sender,size,received_at,next_attempt_at,body)
+       VALUES ('CCCCCCCC01','primary','queued','n','inc-1','s@x.test',1,0,0,x'78')`,
+    ).run();
+    db.prepare(`INSERT INTO recipients(message_id,idx,address,state) VALUES ('CCCCCCCC01',0,'r@x.test','failed')`).run();
+    db.close();
+    const spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
+    cleanups.push(() => spool.close());
+    expect(spool.incarnation).toBe('inc-1');
+    const m = spool.get('CCCCCCCC01')!;
+    expect(m.recipients).toEqual([{ idx: 0, address: 'r@x.test', state: 'failed', lastError: null, reported: false }]);
+    const ro = Spool.open(dir, { node: 'n', readonly: true });
+    expect(ro.list()).toHaveLength(1);
+    await ro.close();
+  });
+});
