@@ -170,7 +170,8 @@ export class Relay {
       readiness: () => ({
         smtpStarted: smtp.isStarted,
         acceptsWithoutPeer: acceptor.onFailure === 'accept',
-        anyPeerUp: shadow.anyPeerUp(),
+        // a peer whose spool is full cannot take a copy either
+        anyPeerUp: shadow.canShadow(),
         peers: shadow.peers(),
       }),
       metrics: () => metrics.render(),
@@ -240,6 +241,7 @@ export class Relay {
       const timeout = this.config.node.shutdownTimeoutMs;
       const deadline = monotonicMs() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      this.shadow.endDoubts();
       await this.smtp.drain(timeout);
       await this.delivery.stop(Math.max(0, deadline - monotonicMs()));
       await this.shadow.stop();

@@ -5,6 +5,10 @@
  * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
  * a discard is owed to the peers in case one stored a late copy. With the operator's
  * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
+ * A put that got no answer may still have left a copy on the peer: before answering 451
+ * the acceptor asks the peer (`resolve`), so a 451 is only ever sent when no copy exists or
+ * can appear; a copy that turns out to be there gets its 250; with no answer in time the
+ * connection is closed without a reply (the client retries, as after any lost reply).
  * Bounces take the same path (`acceptBounce`: the failed recipients they report are settled
  * in the same transaction). If dropping an unacknowledged copy fails (storage error), the
  * drop is retried in the background: a 'spooled' row left behind would make the peer's late
@@ -13,13 +17,16 @@
 import type { Logger } from 'pino';
 import type { AcceptSpool, RecipientDiscard } from '../spool/index.js';
 import type { Bounce } from '../delivery/index.js';
-import { reply } from '../base/replies.js';
+import { reply, HangUp } from '../base/replies.js';
+import type { Resolution } from '../shadow/index.js';
 import type { Envelope, InboundMessage } from '../base/message.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 
 /** Puts the shadow copy on a peer's disk; resolves with the peer's name (the shadow link). */
 export interface Replicator {
   replicate(m: Envelope): Promise<string>;
+  /** settles a copy whose put got no answer (the error's `maybeStoredOn`) */
+  resolve?(id: string, peers: string[]): Promise<Resolution>;
 }
 
 export type OnFailure = 'reject' | 'accept';
@@ -94,10 +101,23 @@ export class ShadowedAcceptor {
     }
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
 
-    let peer: string | null;
+    let peer: string | null = null;
     const replicated = await shadow;
+    const doubt = (replicated.err as { maybeStoredOn?: string[] } | null)?.maybeStoredOn;
+    let resolution: Resolution = 'absent';
+    if (replicated.err && doubt?.length && this.o.onFailure === 'reject' && this.o.replicator.resolve) {
+      resolution = await this.o.replicator.resolve(m.id, doubt);
+    }
     if (!replicated.err) {
       peer = replicated.peer;
+    } else if (typeof resolution === 'object') {
+      peer = resolution.held;
+      log.info({ id: m.id, peer }, 'shadow copy confirmed after a doubt: the peer holds it');
+    } else if (resolution === 'unknown') {
+      this.metrics.refused('shadow_unknown');
+      await this.drop(m.id);
+      log.warn({ id: m.id, reason: replicated.err.message, peers: doubt }, 'closed without a reply: the peer may hold the shadow copy and could not be asked (neither 250 nor 451 would be true)');
+      throw new HangUp();
     } else {
       const reason = replicated.err.message;
       if (this.o.onFailure === 'accept') {

@@ -8,6 +8,7 @@
 /** Why a message (or recipient, or session) was refused; the `reason` label of `shadowrelay_messages_refused_total`. */
 export type RefusalReason =
   | 'shadow_unconfirmed' // 451 4.4.1: the peer did not confirm the shadow copy in time
+  | 'shadow_unknown' // no reply: the copy went out, no answer came, and the peer could not be asked
   | 'storage' // 452 4.3.1: our own spool could not write
   | 'relay_denied' // 554 5.7.1 at RCPT
   | 'too_big' // 552 5.3.4

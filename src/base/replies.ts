@@ -30,3 +30,10 @@ export function hasEnhancedCode(text: string): boolean {
 export function enhancedCodeOf(response: string): string | undefined {
   return REPLY_WITH_CODE.exec(response)?.[1];
 }
+
+/**
+ * No reply at all: the connection is closed after DATA. For the one case where neither 250
+ * nor 4xx would be true (the shadow copy's fate is unknown); the client treats it as a
+ * failure and retries, as after any connection lost before the reply (RFC 5321 §4.1.1.4).
+ */
+export class HangUp extends Error {}

@@ -199,6 +199,16 @@ const schema = z
           })
           .strict()
           .prefault({}),
+        // how long the next hop may take: TCP connect, the 220 greeting, and any silence
+        // within a session (a hung next hop holds a delivery slot this long)
+        timeouts: z
+          .object({
+            connectMs: positiveInt.default(30000),
+            greetingMs: positiveInt.default(30000),
+            socketMs: positiveInt.default(300000),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict(),
     admin: z

@@ -39,6 +39,8 @@ export interface DeliveryOptions {
   nextHop: NextHop;
   concurrency: number;
   retry: { initialMs: number; maxMs: number; maxAgeMs: number };
+  /** next-hop connect, greeting and socket-silence deadlines (defaults 30 s, 30 s, 300 s) */
+  timeouts?: { connectMs: number; greetingMs: number; socketMs: number };
   hostname: string;
   spool: DeliverySpool;
   log: Logger;
@@ -63,6 +65,7 @@ export interface DeliverySettings {
   nextHop: DeliveryOptions['nextHop'];
   concurrency: number;
   retry: DeliveryOptions['retry'];
+  timeouts?: DeliveryOptions['timeouts'];
   hostname: string;
 }
 
@@ -116,9 +119,9 @@ export class DeliveryWorker {
       ...nextHopTransportOptions(o.nextHop),
       name: o.hostname,
       maxConnections: o.concurrency,
-      connectionTimeout: 30000,
-      greetingTimeout: 30000,
-      socketTimeout: 300000,
+      connectionTimeout: o.timeouts?.connectMs ?? 30000,
+      greetingTimeout: o.timeouts?.greetingMs ?? 30000,
+      socketTimeout: o.timeouts?.socketMs ?? 300000,
     });
   }
 
@@ -128,7 +131,7 @@ export class DeliveryWorker {
    */
   reload(s: DeliverySettings): void {
     const old = this.transport;
-    Object.assign(this.o, { nextHop: s.nextHop, concurrency: s.concurrency, retry: s.retry, hostname: s.hostname });
+    Object.assign(this.o, { nextHop: s.nextHop, concurrency: s.concurrency, retry: s.retry, timeouts: s.timeouts, hostname: s.hostname });
     this.transport = DeliveryWorker.transportFor(this.o);
     void Promise.allSettled([...this.inflight.values()]).then(() => old.close());
     this.wake();

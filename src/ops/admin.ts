@@ -34,7 +34,7 @@ export interface ReadinessState {
   /** shadow.onFailure=accept: the node answers 250 even without a peer */
   acceptsWithoutPeer: boolean;
   anyPeerUp: boolean;
-  peers: Array<{ name: string; link: string; lastError: string | null }>;
+  peers: Array<{ name: string; link: string; lastError: string | null; spoolFull?: boolean }>;
 }
 
 /**
@@ -46,7 +46,7 @@ export function readiness(s: ReadinessState): Readiness {
   const reasons: string[] = [];
   if (!s.smtpStarted) reasons.push('smtp listener not up');
   if (!s.anyPeerUp && !s.acceptsWithoutPeer) {
-    const why = s.peers.map((p) => `${p.name} ${p.link}${p.lastError ? ` (${p.lastError})` : ''}`);
+    const why = s.peers.map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.lastError ? ` (${p.lastError})` : ''}`);
     reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
   }
   return { ready: reasons.length === 0, reasons };

@@ -23,6 +23,11 @@ import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody } fr
 import { monotonicMs } from '../base/clock.js';
 
 export class PeerError extends Error {
+  /**
+   * The request went out on a session whose TLS handshake had finished, and no answer came:
+   * the peer may have acted on it (a shadow copy may be on its disk) — the outcome is unknown.
+   */
+  maybeDone = false;
   constructor(
     message: string,
     /** 'timeout' | 'unreachable' | 'refused' */
@@ -79,6 +84,8 @@ export class PeerClient {
   private pinging = false;
   /** sessions whose handshake finished */
   private readonly ready = new WeakSet<Session>();
+  /** sessions whose TLS handshake finished (requests on them may have reached the peer) */
+  private readonly secured = new WeakSet<Session>();
   /** sessions closed on purpose (certificate reload) */
   private readonly retired = new WeakSet<Session>();
   /**
@@ -173,9 +180,11 @@ export class PeerClient {
     this.session = session;
     this.lastActivity = monotonicMs();
     let ready = false;
+    let timedOut = false;
     // a peer that accepts TCP but never finishes the handshake (frozen, black hole) must not
     // hold the link in 'connecting' forever
     const connectTimer = setTimeout(() => {
+      timedOut = true;
       this.drop(session, `no TLS/HTTP2 handshake within ${this.connectTimeoutMs} ms`);
     }, this.connectTimeoutMs);
     connectTimer.unref();
@@ -198,6 +207,7 @@ export class PeerClient {
     });
     // the session can be destroyed before 'connect' is delivered (peer stopping): then this throws
     session.on('connect', () => {
+      this.secured.add(session);
       if (!session.destroyed) session.setLocalWindowSize(WINDOW);
     });
     // a GOAWAY (peer stopping, certificate reload) ends the session for new requests
@@ -219,7 +229,10 @@ export class PeerClient {
         this.failures++;
         const { initialMs, maxMs } = this.o.backoffMs ?? { initialMs: 100, maxMs: 1000 };
         const wait = Math.min(maxMs, initialMs * 2 ** (this.failures - 1));
-        this.retryAt = monotonicMs() + wait * (0.5 + 0.5 * (this.o.random ?? Math.random)());
+        // an attempt that timed out has already waited connectTimeoutMs (a silent network:
+        // its SYN may have been dropped just before the network came back), so the next one
+        // may start at once; a refused or failed one backs off
+        this.retryAt = timedOut ? 0 : monotonicMs() + wait * (0.5 + 0.5 * (this.o.random ?? Math.random)());
       }
     });
     this.armPing();
@@ -291,8 +304,13 @@ export class PeerClient {
         return reject(e instanceof PeerError ? e : new PeerError(`peer ${this.o.name}: ${(e as Error).message}`, 'unreachable'));
       }
       let done = false;
+      // no answer to a request that may have reached the peer: its outcome is unknown
+      const unanswered = (err: PeerError) => {
+        err.maybeDone = this.secured.has(session);
+        return err;
+      };
       const timer = setTimeout(() => {
-        const err = new PeerError(`peer ${this.o.name} did not answer within ${timeoutMs} ms`, 'timeout');
+        const err = unanswered(new PeerError(`peer ${this.o.name} did not answer within ${timeoutMs} ms`, 'timeout'));
         finish(err);
         // a session that let a request time out is not trusted with the next one
         this.drop(session, err.message);
@@ -317,10 +335,13 @@ export class PeerClient {
         status = Number(h[':status']);
       });
       req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => finish(null, status, Buffer.concat(chunks)));
-      req.on('error', (e: NodeJS.ErrnoException) => finish(new PeerError(`peer ${this.o.name}: ${e.code ?? e.message}`, 'unreachable')));
+      // a stream of a session destroyed under it ends without response headers: no answer
+      req.on('end', () =>
+        status === 0 ? finish(unanswered(new PeerError(`peer ${this.o.name}: stream ended without a reply`, 'unreachable'))) : finish(null, status, Buffer.concat(chunks)),
+      );
+      req.on('error', (e: NodeJS.ErrnoException) => finish(unanswered(new PeerError(`peer ${this.o.name}: ${e.code ?? e.message}`, 'unreachable'))));
       // 'close' follows every request; build its error (a stack capture) only when it is news
-      req.on('close', () => done || finish(new PeerError(`peer ${this.o.name}: stream closed without reply`, 'unreachable')));
+      req.on('close', () => done || finish(unanswered(new PeerError(`peer ${this.o.name}: stream closed without reply`, 'unreachable'))));
       if (Array.isArray(body)) {
         for (const part of body.slice(0, -1)) req.write(part);
         req.end(body[body.length - 1]);
@@ -351,6 +372,19 @@ export class PeerClient {
   async put(id: string, meta: PutMeta, raw: Buffer, timeoutMs: number): Promise<'stored' | 'exists'> {
     const r = await this.json<{ result: 'stored' | 'exists' }>('PUT', `/v1/messages/${id}`, encodePutParts(meta, raw), timeoutMs, 201, true);
     return r.result;
+  }
+
+  /**
+   * After a put whose outcome is unknown: asks the peer which of these copies it holds. The
+   * peer refuses any copy it does not hold from then on (a late one still in the network),
+   * so "not held" stays true. A peer of a version without this answers 404 (unknown).
+   */
+  async resolve(ids: string[], timeoutMs: number): Promise<string[]> {
+    const r = await this.json<{ held: unknown }>('POST', '/v1/resolve', Buffer.from(JSON.stringify({ ids })), timeoutMs, 200);
+    if (!Array.isArray(r.held) || !r.held.every((x) => typeof x === 'string')) {
+      throw new PeerError(`peer ${this.o.name}: malformed resolve answer`, 'refused');
+    }
+    return r.held as string[];
   }
 
   async discard(body: DiscardBody, timeoutMs: number): Promise<number> {

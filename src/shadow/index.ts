@@ -76,7 +76,12 @@ export interface PeerStatus {
   rttMs: number | null;
   incarnation: string | null;
   lastError: string | null;
+  /** the peer's spool refused the last copy for lack of room (its answer 507, or its heartbeat) */
+  spoolFull: boolean;
 }
+
+/** How a put whose outcome was unknown was settled with the peer(s). */
+export type Resolution = { held: string } | 'absent' | 'unknown';
 
 interface PeerState {
   name: string;
@@ -87,6 +92,7 @@ interface PeerState {
   rttMs: number | null;
   incarnation: string | null;
   lastError: string | null;
+  spoolFull: boolean;
 }
 
 const DISCARD_BATCH = 500;
@@ -108,6 +114,8 @@ export class ShadowLink {
   private discardSoon: NodeJS.Timeout | undefined;
   private discardAgain = false;
   private stopped = false;
+  /** stopping: doubtful copies are no longer asked about (their clients get no reply) */
+  private doubtsEnded = false;
 
   constructor(private readonly o: ShadowLinkOptions) {
     this.metrics = o.metrics ?? noMetrics;
@@ -135,7 +143,7 @@ export class ShadowLink {
       },
     });
     this.clients = o.peers.map((p) => {
-      this.status.set(p.name, { name: p.name, lastSeen: null, lastContact: null, lastPut: null, rttMs: null, incarnation: null, lastError: null });
+      this.status.set(p.name, { name: p.name, lastSeen: null, lastContact: null, lastPut: null, rttMs: null, incarnation: null, lastError: null, spoolFull: false });
       return new PeerClient({
         name: p.name,
         host: p.address.host,
@@ -256,7 +264,9 @@ export class ShadowLink {
         try {
           const t0 = monotonicMs();
           const r = await c.heartbeat({ name: this.o.nodeName, incarnation: this.o.spool.incarnation }, this.o.timeoutMs);
-          this.status.get(c.name)!.rttMs = monotonicMs() - t0;
+          const st = this.status.get(c.name)!;
+          st.rttMs = monotonicMs() - t0;
+          st.spoolFull = r.spoolFull === true;
           this.contact(c.name, r.incarnation);
         } catch (e) {
           this.failed(c.name, e as Error);
@@ -272,6 +282,8 @@ export class ShadowLink {
    */
   async replicate(m: Envelope): Promise<string> {
     let last: Error | undefined;
+    // peers that got the copy's bytes but gave no answer: they may hold it
+    const maybe: string[] = [];
     for (const c of this.clients) {
       try {
         const t0 = monotonicMs();
@@ -284,15 +296,64 @@ export class ShadowLink {
         this.metrics.replicated(c.name, (monotonicMs() - t0) / 1000);
         this.contact(c.name, null);
         const st = this.status.get(c.name);
-        if (st) st.lastPut = Date.now();
+        if (st) {
+          st.lastPut = Date.now();
+          st.spoolFull = false;
+        }
         return c.name;
       } catch (e) {
         this.metrics.replicationFailed(c.name);
         last = e as Error;
+        if (e instanceof PeerError && e.maybeDone) maybe.push(c.name);
+        if (e instanceof PeerError && e.status === 507) this.status.get(c.name)!.spoolFull = true;
         this.failed(c.name, last);
       }
     }
-    throw last ?? new PeerError('no peer configured', 'unreachable');
+    const err = (last ?? new PeerError('no peer configured', 'unreachable')) as Error & { maybeStoredOn?: string[] };
+    if (maybe.length) err.maybeStoredOn = maybe;
+    throw err;
+  }
+
+  /**
+   * Settles copies whose put got no answer (`replicate` said `maybeStoredOn`): asks those
+   * peers whether they hold it until one answers, for at most 2 × timeoutMs (and never past
+   * promoteAfterMs − timeoutMs: a cut-off peer promotes what it holds once promoteAfterMs
+   * passed without contact, so an answer must come before). 'held': a peer has it on disk
+   * (the 250 is true); 'absent': none has it and none will take a late copy (the 451 is
+   * true); 'unknown': no answer in time, a peer that cannot tell, or this node is stopping.
+   */
+  async resolve(id: string, peers: string[]): Promise<Resolution> {
+    // 2 × timeoutMs bounds how long the client waits; promoteAfterMs − timeoutMs keeps the
+    // answer ahead of any promotion by a cut-off peer
+    const deadline = monotonicMs() + Math.min(2 * this.o.timeoutMs, Math.max(this.o.timeoutMs, this.o.promoteAfterMs - this.o.timeoutMs));
+    const open = new Set(peers);
+    // answered, but not the question (an older peer without /v1/resolve: 404)
+    let unanswerable = false;
+    this.o.log.warn({ id, peers }, 'shadow copy in doubt (no answer from the peer): asking whether it stored it');
+    while (!this.stopped && !this.doubtsEnded && monotonicMs() < deadline) {
+      for (const name of [...open]) {
+        const c = this.clients.find((x) => x.name === name);
+        if (!c) {
+          open.delete(name);
+          continue;
+        }
+        try {
+          const held = await c.resolve([id], Math.min(this.o.timeoutMs, Math.max(1, deadline - monotonicMs())));
+          this.contact(name, null);
+          if (held.includes(id)) return { held: name };
+          open.delete(name);
+        } catch (e) {
+          if (e instanceof PeerError && e.kind === 'refused') {
+            open.delete(name);
+            unanswerable = true;
+          }
+          // otherwise not reachable yet: ask again shortly
+        }
+      }
+      if (open.size === 0) return unanswerable ? 'unknown' : 'absent';
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return 'unknown';
   }
 
   /** Asks the pump to send owed discards soon (coalesced). */
@@ -362,13 +423,23 @@ export class ShadowLink {
     return this.clients.map((c) => {
       const s = this.status.get(c.name)!;
       const link = c.state;
-      return { name: s.name, up: link === 'up', link, lastSeen: s.lastSeen, lastPut: s.lastPut, rttMs: s.rttMs, incarnation: s.incarnation, lastError: s.lastError };
+      return { name: s.name, up: link === 'up', link, lastSeen: s.lastSeen, lastPut: s.lastPut, rttMs: s.rttMs, incarnation: s.incarnation, lastError: s.lastError, spoolFull: s.spoolFull };
     });
   }
 
   /** Whether some peer could take a shadow copy now (this node's requests to it succeed). */
   anyPeerUp(): boolean {
     return this.clients.some((c) => c.state === 'up');
+  }
+
+  /** Some peer is up and its spool has room (readiness). */
+  canShadow(): boolean {
+    return this.clients.some((c) => c.state === 'up' && !this.status.get(c.name)!.spoolFull);
+  }
+
+  /** The node is stopping: copies in doubt stay unknown (a stop must not wait promoteAfterMs). */
+  endDoubts(): void {
+    this.doubtsEnded = true;
   }
 
   async stop(): Promise<void> {

@@ -5,7 +5,11 @@
  *                            → 201 {"result":"stored"|"exists"}   (durable before the reply)
  *   POST /v1/discard         {"ids":[...], "rcpts"?:[{"id","idx":[n...]}]}
  *                            → 200 {"purged":n}        (rcpts: recipients the primary finished)
- *   POST /v1/heartbeat       {"name","incarnation"}     → 200 {"name","incarnation"}
+ *   POST /v1/heartbeat       {"name","incarnation"}     → 200 {"name","incarnation","spoolFull"?}
+ *                            spoolFull: the answering node's last put failed for lack of room
+ *   POST /v1/resolve         {"ids":[...]}              → 200 {"held":[ids]}
+ *                            after puts that got no answer: which copies the answering node
+ *                            holds; it refuses late copies of the others (409) from then on
  *   POST /v1/reconcile       {"incarnation"}            → 200 {"promoted":[ids]}
  *                            what the answering node promoted from the asking primary
  *   POST /v1/reconcile/done  {"ids":[...]}              → 200 {"forgotten":n}
@@ -25,6 +29,8 @@ export interface PutMeta {
 export interface HeartbeatBody {
   name: string;
   incarnation: string;
+  /** in an answer: this node's spool refused the last copy for lack of room */
+  spoolFull?: boolean;
 }
 
 export interface DiscardBody {

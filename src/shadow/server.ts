@@ -9,6 +9,12 @@
  * destroyed); a handshake must finish within 10 s; a request body over `maxBodyBytes` is
  * answered 413 and the stream reset at once (not read to its end); a malformed request
  * gets 400/404/405, and an exception in a handler 500/503 — never a crash.
+ *
+ * Doubtful copies: a primary whose put got no answer asks `POST /v1/resolve` which of those
+ * copies this node holds. For every one it does not hold, it refuses a late copy from then
+ * on (409), so the primary can answer its client 451 knowing no copy will appear here. The
+ * refusals live in memory: a late copy can only still arrive on a connection of this
+ * process. A full spool answers a put 507 (the primary answers 451 and is not ready).
  */
 import http2 from 'node:http2';
 import type { TLSSocket, PeerCertificate } from 'node:tls';
@@ -47,6 +53,9 @@ export interface ShadowServerHooks {
 
 /** Most ids one request may name (a discard batch is 500). */
 const MAX_IDS = 10000;
+/** How long (and how many) "not held, refuse a late copy" answers are remembered. */
+const REFUSE_LATE_MS = 86400_000;
+const REFUSE_LATE_MAX = 100000;
 
 /** Names a certificate vouches for: its DNS SANs and CN. */
 export function certNames(cert: PeerCertificate): string[] {
@@ -69,6 +78,12 @@ export class ShadowServer {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   /** every TCP socket, authenticated or not: close() must not wait for a peer's goodwill */
   private readonly sockets = new Set<Socket>();
+  /** `peer id` → until when a late copy is refused (its primary was told we do not hold it) */
+  private readonly refuseLate = new Map<string, number>();
+  /** the last copy was refused for lack of room (told in heartbeat answers until a store or purge succeeds) */
+  private full = false;
+  /** `peer id` → the store in progress (a resolve waits for it) */
+  private readonly storing = new Map<string, Promise<unknown>>();
 
   constructor(private readonly o: ShadowServerOptions) {
     this.server = http2.createSecureServer({
@@ -174,7 +189,12 @@ export class ShadowServer {
       if (!ID_RE.test(id)) throw new ProtocolError('bad message id');
       const { meta, raw } = decodePut(body);
       hooks.contact(peer, meta.incarnation);
-      const result = await spool.storeShadow({
+      const key = `${peer} ${id}`;
+      if ((this.refuseLate.get(key) ?? 0) > Date.now()) {
+        this.o.log.warn({ id, peer }, 'shadow refused: its primary already settled this message without our copy');
+        return [409, { error: 'resolved as not held: copy refused' }];
+      }
+      const store = spool.storeShadow({
         id,
         origin: peer,
         originIncarnation: meta.incarnation,
@@ -183,8 +203,38 @@ export class ShadowServer {
         receivedAt: meta.receivedAt,
         body: raw,
       });
+      this.storing.set(key, store.catch(() => undefined));
+      let result: 'stored' | 'exists';
+      try {
+        result = await store;
+      } catch (err) {
+        if (!isFull(err)) throw err;
+        this.full = true;
+        this.o.log.warn({ id, peer, err: (err as Error).message }, 'shadow refused: spool full');
+        return [507, { error: 'spool full' }];
+      } finally {
+        this.storing.delete(key);
+      }
+      this.full = false;
       this.o.log.info({ id, peer, size: raw.length, result }, 'shadow stored');
       return [201, { result }];
+    }
+    if (method === 'POST' && url === '/v1/resolve') {
+      const ids = parseJson(body, (j) => {
+        const v = (j as { ids?: unknown }).ids;
+        return isIdList(v) ? v : null;
+      });
+      hooks.contact(peer, null);
+      const held: string[] = [];
+      for (const id of ids) {
+        const key = `${peer} ${id}`;
+        await this.storing.get(key);
+        const m = spool.get(id);
+        if (m && m.origin === peer) held.push(id);
+        else this.refuseLaterCopies(key);
+      }
+      this.o.log.info({ peer, ids, held }, 'resolve: told the primary which doubtful copies are held');
+      return [200, { held }];
     }
     if (method === 'POST' && url === '/v1/discard') {
       const d = parseJson(body, (j) => {
@@ -201,7 +251,10 @@ export class ShadowServer {
         return { ids: o.ids, rcpts: o.rcpts };
       });
       hooks.contact(peer, null);
-      return [200, { purged: await hooks.discard(peer, d) }];
+      const purged = await hooks.discard(peer, d);
+      // room again, perhaps: the next copy will tell
+      if (purged > 0) this.full = false;
+      return [200, { purged }];
     }
     if (method === 'POST' && url === '/v1/heartbeat') {
       const hb = parseJson(body, (j) => {
@@ -209,7 +262,7 @@ export class ShadowServer {
         return typeof h.name === 'string' && typeof h.incarnation === 'string' ? (h as HeartbeatBody) : null;
       });
       hooks.contact(peer, hb.incarnation);
-      return [200, { name: this.o.nodeName, incarnation: spool.incarnation }];
+      return [200, { name: this.o.nodeName, incarnation: spool.incarnation, ...(this.full ? { spoolFull: true } : {}) }];
     }
     if (method === 'POST' && url === '/v1/reconcile') {
       const inc = parseJson(body, (j) => {
@@ -231,6 +284,14 @@ export class ShadowServer {
     return [404, { error: 'no such endpoint' }];
   }
 
+  private refuseLaterCopies(key: string): void {
+    const now = Date.now();
+    if (this.refuseLate.size >= REFUSE_LATE_MAX) {
+      for (const [k, until] of this.refuseLate) if (until <= now || this.refuseLate.size >= REFUSE_LATE_MAX) this.refuseLate.delete(k);
+    }
+    this.refuseLate.set(key, now + REFUSE_LATE_MS);
+  }
+
   async close(): Promise<void> {
     const closed = new Promise<void>((r) => this.server.close(() => r()));
     for (const s of this.sessions) s.destroy();
@@ -238,6 +299,12 @@ export class ShadowServer {
     for (const sock of this.sockets) sock.destroy();
     await closed;
   }
+}
+
+/** SQLite ran out of room: the file hit spool.maxSizeBytes (max_page_count), or the disk is full. */
+function isFull(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  return code === 'SQLITE_FULL' || /database or disk is full/i.test(String((err as Error).message));
 }
 
 function isIdList(v: unknown): v is string[] {

@@ -133,6 +133,13 @@ export class HardenedConnection extends SMTPConnection {
     this.close();
   }
 
+  /** Closes without any reply (the transaction's outcome is unknown: the client retries). */
+  disconnect(): void {
+    this.stopDeadline();
+    if (this._closing || this._closed) return;
+    this.close();
+  }
+
   /** smtp-server's send, except that text carrying its own enhanced code gets no second one. */
   private write(code: number, data?: string | string[] | null, context?: string | false): void {
     super.send(code, data, typeof data === 'string' && hasEnhancedCode(data) ? false : context);

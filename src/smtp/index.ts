@@ -31,7 +31,7 @@
  */
 import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerSession } from 'smtp-server';
 import type { Logger } from 'pino';
-import { reply, SmtpReply } from '../base/replies.js';
+import { reply, SmtpReply, HangUp } from '../base/replies.js';
 import { newQueueId } from '../base/ids.js';
 import { sharedConcat } from '../base/buffers.js';
 import { listenOn, type HostPort } from '../base/net.js';
@@ -396,6 +396,7 @@ export class SmtpListener {
         (text) => cb(null, text),
         (err: unknown) => {
           if (err instanceof SmtpReply) return cb(err);
+          if (err instanceof HangUp) return this.server.connectionOf(session)?.disconnect();
           this.o.log.error({ id, err }, 'accept failed unexpectedly');
           this.metrics.refused('internal');
           cb(reply(451, '4.3.0', 'Error: queue file write error'));

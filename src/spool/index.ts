@@ -385,7 +385,8 @@ export interface DeliverySpool
   extends Pick<Spool, 'due' | 'nextDueAt' | 'get' | 'getWithBody' | 'recordAttempt' | 'settleFailures' | 'deferUntil' | 'isClosed'> {}
 
 /** The replication server (shadow/server.ts): stores the peers' copies. */
-export interface ServerSpool extends Pick<Spool, 'storeShadow' | 'incarnation'> {}
+// get: a resolve after a put that got no answer looks up whether the copy is here
+export interface ServerSpool extends Pick<Spool, 'storeShadow' | 'incarnation' | 'get'> {}
 
 /** Failover (shadow/failover.ts): discards applied, promotion, reconcile, orphan and age checks. */
 export interface FailoverSpool
