@@ -13,6 +13,7 @@ import { adminToken, loadConfig, ConfigError, maxShadowAgeMs, restartOnlyChanges
 import type { Spool } from './spool/index.js';
 import { ThreadedSpool } from './spool/thread.js';
 import { ShadowLink, type ShadowLinkSettings } from './shadow/index.js';
+import { Drainer, type DrainReport } from './shadow/drain.js';
 import { SmtpListener, type SmtpSettings } from './smtp/index.js';
 import { NetworkList } from './smtp/networks.js';
 import { ShadowedAcceptor, type AcceptSettings } from './accept/index.js';
@@ -49,7 +50,12 @@ const settings = {
     auth: cfg.smtp.auth,
     limits: cfg.smtp.limits,
   }),
-  shadow: (cfg: Config): ShadowLinkSettings => ({ tls: cfg.tls.shadow, timeoutMs: cfg.shadow.timeoutMs }),
+  shadow: (cfg: Config): ShadowLinkSettings => ({
+    tls: cfg.tls.shadow,
+    timeoutMs: cfg.shadow.timeoutMs,
+    peers: cfg.shadow.peers,
+    placement: cfg.shadow.placement,
+  }),
   accept: (cfg: Config): AcceptSettings => ({ onFailure: cfg.shadow.onFailure, hostname: cfg.smtp.hostname }),
   delivery: (cfg: Config): DeliverySettings => ({
     ...cfg.delivery,
@@ -67,6 +73,7 @@ interface Parts {
   delivery: DeliveryWorker;
   admin: AdminServer;
   metrics: Metrics;
+  drainer: Drainer;
 }
 
 export class Relay {
@@ -83,6 +90,7 @@ export class Relay {
   private readonly acceptor: ShadowedAcceptor;
   private readonly delivery: DeliveryWorker;
   private readonly admin: AdminServer;
+  private readonly drainer: Drainer;
 
   private constructor(
     config: Config,
@@ -98,6 +106,7 @@ export class Relay {
     this.acceptor = parts.acceptor;
     this.delivery = parts.delivery;
     this.admin = parts.admin;
+    this.drainer = parts.drainer;
   }
 
   /** The configuration in force (changes on a successful reload). */
@@ -125,6 +134,7 @@ export class Relay {
     const shadow = new ShadowLink({
       ...settings.shadow(cfg),
       nodeName: cfg.node.name,
+      zone: cfg.node.zone,
       listen: cfg.shadow.listen,
       peers: cfg.shadow.peers,
       heartbeatMs: cfg.shadow.heartbeatMs,
@@ -143,7 +153,7 @@ export class Relay {
       ...settings.accept(cfg),
       spool,
       replicator: shadow,
-      peerNames,
+      peerNames: () => shadow.peers().map((p) => p.name),
       log,
       onAccepted: deliveryDue.ring,
       metrics,
@@ -159,6 +169,15 @@ export class Relay {
       metrics,
     });
     const smtp = new SmtpListener({ ...settings.smtp(cfg), maxBytesInFlight: cfg.smtp.maxBytesInFlight, acceptor, log, metrics });
+    const drainer = new Drainer({
+      nodeName: cfg.node.name,
+      spool,
+      link: shadow,
+      log,
+      stopAccepting: () => smtp.stopAccepting(cfg.node.shutdownTimeoutMs),
+      pauseDelivery: () => delivery.pause(),
+      resumeDelivery: () => delivery.resume(),
+    });
     const queue = new QueueService({ spool, log, wake: () => delivery.wake(), pumpDiscards: () => shadow.pumpDiscards() });
     metrics.observe({
       queueStats: () => spool.queueStats(),
@@ -173,7 +192,9 @@ export class Relay {
         // a peer whose spool is full cannot take a copy either
         anyPeerUp: shadow.canShadow(),
         peers: shadow.peers(),
+        draining: shadow.isDraining,
       }),
+      drain: (ms) => drainer.drain(ms ?? cfg.node.drainTimeoutMs),
       metrics: () => metrics.render(),
       queue,
       token: adminToken(cfg),
@@ -186,7 +207,7 @@ export class Relay {
     const addresses: RelayAddresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
     delivery.start();
     log.info({ ...addresses }, 'shadowrelay started');
-    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics }, addresses);
+    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics, drainer }, addresses);
   }
 
   /**
@@ -199,7 +220,8 @@ export class Relay {
     const changed = (['smtp', 'shadow', 'delivery', 'admin', 'log'] as const).filter(
       (k) => JSON.stringify(this.current[k]) !== JSON.stringify(next[k]),
     );
-    // certificates may change on disk under the same file names: always re-apply them
+    // certificates may change on disk under the same file names: always re-apply them; the
+    // peer list is applied too (a node added starts taking shadows)
     this.shadow.reload(settings.shadow(next));
     this.acceptor.reload(settings.accept(next));
     this.smtp.reload(settings.smtp(next));
@@ -232,6 +254,14 @@ export class Relay {
   }
 
   /**
+   * Drain (`shadowrelay drain`, `POST /drain`, `node.drainOnStop`): hands the queue and the
+   * shadow copies held here to the peers, then stays up taking no mail (see shadow/drain.ts).
+   */
+  drain(deadlineMs: number = this.config.node.drainTimeoutMs): Promise<DrainReport> {
+    return this.drainer.drain(deadlineMs);
+  }
+
+  /**
    * Graceful stop, within node.shutdownTimeoutMs (plus shadow.timeoutMs for a message
    * being accepted at the deadline): new clients get 421 4.3.2, transactions in progress
    * finish, deliveries in flight finish, then the link and the spool close. Idempotent.
@@ -239,8 +269,10 @@ export class Relay {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const timeout = this.config.node.shutdownTimeoutMs;
-      const deadline = monotonicMs() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      // scale-down: hand the queue over first (bounded by node.drainTimeoutMs)
+      if (this.config.node.drainOnStop) await this.drain().catch((err: Error) => this.log.error({ err: err.message }, 'drain failed'));
+      const deadline = monotonicMs() + timeout;
       this.shadow.endDoubts();
       await this.smtp.drain(timeout);
       await this.delivery.stop(Math.max(0, deadline - monotonicMs()));

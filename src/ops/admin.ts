@@ -14,6 +14,8 @@
  *     POST   /queue/<id>/retry|hold|release
  *     DELETE /queue/<id>            delete; the peer is owed a discard of its shadow copy
  *     POST   /queue/delete-failed   delete every message whose last attempt failed
+ * - `POST /drain[?timeoutMs=N]`: hand this node's queue to its peers and stop taking mail
+ *   (shadow/drain.ts); answers the report when done (200 empty, 409 not empty).
  * - When a token is configured (`admin.token` / `admin.tokenFile`), everything but the two
  *   probes needs `Authorization: Bearer <token>`; a wrong or missing one gets 401.
  */
@@ -34,7 +36,9 @@ export interface ReadinessState {
   /** shadow.onFailure=accept: the node answers 250 even without a peer */
   acceptsWithoutPeer: boolean;
   anyPeerUp: boolean;
-  peers: Array<{ name: string; link: string; lastError: string | null; spoolFull?: boolean }>;
+  peers: Array<{ name: string; link: string; lastError: string | null; spoolFull?: boolean; draining?: boolean }>;
+  /** the node is draining (or drained): it takes no mail */
+  draining?: boolean;
 }
 
 /**
@@ -45,8 +49,9 @@ export interface ReadinessState {
 export function readiness(s: ReadinessState): Readiness {
   const reasons: string[] = [];
   if (!s.smtpStarted) reasons.push('smtp listener not up');
+  if (s.draining) reasons.push('draining: this node hands its queue to its peers and takes no mail');
   if (!s.anyPeerUp && !s.acceptsWithoutPeer) {
-    const why = s.peers.map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.lastError ? ` (${p.lastError})` : ''}`);
+    const why = s.peers.map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.draining ? ' (draining)' : p.lastError ? ` (${p.lastError})` : ''}`);
     reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
   }
   return { ready: reasons.length === 0, reasons };
@@ -57,6 +62,8 @@ export interface AdminOptions {
   /** Prometheus exposition; absent → 404 */
   metrics?: () => Promise<{ contentType: string; text: string }>;
   queue?: QueueService;
+  /** drain this node (POST /drain): resolves with the report */
+  drain?: (timeoutMs?: number) => Promise<{ empty: boolean }>;
   /** bearer token (a reload can change it: `setToken`); undefined → open */
   token?: string;
   log?: Logger;
@@ -122,6 +129,15 @@ export class AdminServer {
       res.writeHead(200, { 'content-type': m.contentType });
       res.end(m.text);
       return;
+    }
+
+    if (path === '/drain' && this.o.drain) {
+      if (method !== 'POST') return send(405, { error: 'method not allowed' });
+      const t = url.searchParams.get('timeoutMs');
+      const ms = t === null ? undefined : Number(t);
+      if (ms !== undefined && !(Number.isInteger(ms) && ms > 0)) return send(400, { error: 'timeoutMs must be a positive integer' });
+      const r = await this.o.drain(ms);
+      return send(r.empty ? 200 : 409, r);
     }
 
     const q = this.o.queue;

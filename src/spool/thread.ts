@@ -54,6 +54,10 @@ export const WRITES = [
   'retryNow',
   'retryAllNow',
   'deletePrimary',
+  'oweDiscards',
+  'takeTransfer',
+  'handedOver',
+  'reshadowed',
 ] as const satisfies ReadonlyArray<AsyncMethod>;
 
 /** Methods of Spool that only read: they run on the caller's thread, on the read-only connection. */
@@ -62,6 +66,9 @@ export const READS = [
   'nextDueAt',
   'knownPrimaries',
   'hasShadowsFrom',
+  'shadowOrigins',
+  'drainPrimaries',
+  'drainShadows',
   'shadowIncarnations',
   'shadowsToVerify',
   'oldShadows',
