@@ -59,7 +59,7 @@ describe('config schema', () => {
     const cfg = parse(doc());
     expect(cfg.shadow.placement).toBe('preferRemote');
     expect(cfg.node.zone).toBeUndefined();
-    const d = doc() as ReturnType<typeof doc> & { node: Record<string, unknown>; shadow: Record<string, unknown> };
+    const d = doc() as unknown as { node: Record<string, unknown>; shadow: Record<string, unknown> };
     d.node.zone = 'eu-west-1a';
     (d.shadow.peers as Array<Record<string, unknown>>)[0]!.zone = 'eu-west-1b';
     d.shadow.placement = 'remoteOnly';
@@ -73,7 +73,7 @@ describe('config schema', () => {
   });
 
   it('shadow.peersFrom makes the StatefulSet peer list without this node; errors name the key', () => {
-    const d = doc() as ReturnType<typeof doc> & { node: Record<string, unknown>; shadow: Record<string, unknown> };
+    const d = doc() as unknown as { node: Record<string, unknown>; shadow: Record<string, unknown> };
     d.node.name = 'shadowrelay-1';
     delete d.shadow.peers;
     d.shadow.peersFrom = { replicas: 3, name: 'shadowrelay-{i}', address: 'shadowrelay-{i}.shadowrelay-peers.mail.svc:7001' };
@@ -94,7 +94,7 @@ describe('config schema', () => {
   });
 
   it('expands ${VAR} and ${VAR:-default} from the environment; an unset one names the key', () => {
-    const d = doc() as ReturnType<typeof doc> & { node: Record<string, unknown> };
+    const d = doc() as unknown as { node: Record<string, unknown> };
     d.node.name = '${POD_NAME}';
     d.node.zone = '${ZONE:-}';
     d.node.dataDir = '/var/lib/$${literal}/${POD_NAME}';
