@@ -72,8 +72,10 @@ const REFUSE_LATE_MS = 86400_000;
 const REFUSE_LATE_MAX = 100000;
 
 /** Names a certificate vouches for: its DNS SANs and CN. */
-export function certNames(cert: PeerCertificate): string[] {
+export function certNames(cert: PeerCertificate | null | undefined): string[] {
   const names: string[] = [];
+  // a socket already closed has no peer certificate any more (null)
+  if (!cert) return names;
   if (cert.subjectaltname) {
     for (const part of cert.subjectaltname.split(/,\s*/)) {
       if (part.startsWith('DNS:')) names.push(part.slice(4));

@@ -72,7 +72,8 @@ export class Mesh {
           shadowAt[n] = { host: ip, port: NS_PORTS.shadow };
           perNode[n] = { smtp: { listen: `${ip}:${NS_PORTS.smtp}`, allowedNetworks: [`${lab.subnet}.0/24`] }, admin: { listen: `${ip}:${NS_PORTS.admin}` } };
         } else {
-          perNode[n] = { smtp: { listen: `127.0.0.1:${await freePort()}` } };
+          // fixed admin ports: the CLI (drain, queue) finds a node through its config file
+          perNode[n] = { smtp: { listen: `127.0.0.1:${await freePort()}` }, admin: { listen: `127.0.0.1:${await freePort()}` } };
         }
         perNode[n] = deepMerge(perNode[n]!, o.nodeOverrides?.[n] ?? {});
       }

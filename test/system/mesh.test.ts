@@ -154,6 +154,8 @@ describe('N relays', () => {
   it('a whole zone (2 of 5 nodes) vanishes silently with placement preferRemote: lost 0, every copy was in another zone', async () => {
     const zones = { r0: 'z1', r1: 'z1', r2: 'z2', r3: 'z2', r4: 'z3' };
     const m = await mesh({ names: names(5), zones, mode: 'auto' });
+    // the next hop down: the zone's queues are still undelivered when it vanishes
+    await m.sinkDown();
     const t = traffic(m, { clients: 10, prefix: 'zone-', rand: seeded(seedFromEnv('MESH_SEED')) });
     await more250(t, 150);
     // every copy made so far left its primary's zone
@@ -165,6 +167,7 @@ describe('N relays', () => {
     await m.vanish(['r0', 'r1']);
     await more250(t, 60);
     await t.stop();
+    await m.sinkUp();
     await waitDelivered(m, t, FAST.shadow.promoteAfterMs + 40000);
     const f = t.figures();
     const promoted = ['r2', 'r3', 'r4'].map((h) => `${h} ${m.logged(h, 'promoted').length}`).join(', ');
@@ -187,6 +190,7 @@ describe('N relays', () => {
     // clients keep sending to every node; r1 answers 421 from now on
     const r = await runCli(['drain', '--config', m.files.configs['r1']!, '--json'], 120000);
     const drainMs = now() - t0;
+    if (!r.stdout.trim()) throw new Error(`drain printed nothing (exit ${r.code}): ${r.stderr}\n${m.logged('r1', 'drain: started').length} / ${JSON.stringify(m.lines['r1']!.slice(-5))}`);
     const report = JSON.parse(r.stdout) as { transferred: Record<string, number>; reshadowed: Record<string, number>; dropped: number; empty: boolean; remaining: unknown; ms: number };
     await more250(t, 30);
     await m.sinkUp();
@@ -216,13 +220,17 @@ describe('N relays', () => {
     m.reloadPeers('r1', ['r0', 'r1']);
     await m.sinkUp();
     await Promise.all(['r0', 'r1', 'r2'].map((n) => m.start(n)));
-    await m.waitMeshed(['r0', 'r1']);
+    await m.waitMeshed(['r0', 'r1']).catch((e: Error) => {
+      throw new Error(`${e.message}: ${JSON.stringify(m.lines['r1']!.slice(-8))} ${m.diagnostics()}`);
+    });
     const t = traffic(m, { clients: 2, prefix: 'add-', targets: () => ['r0'], max: 40 });
     await waitUntil(() => t.ledger.length >= 40, 30000, '40 sent');
     expect(m.accepted().filter((a) => a.shadowPeer === 'r2')).toEqual([]);
     m.reloadPeers('r0', ['r0', 'r1', 'r2']);
     m.reloadPeers('r1', ['r0', 'r1', 'r2']);
-    await waitUntil(() => m.logged('r0', 'shadow peers changed').length > 0 && m.logged('r0', 'shadow peer up').some((l) => l.peer === 'r2'), 15000, 'r0 linked to r2');
+    await waitUntil(() => m.logged('r0', 'shadow peers changed').length > 0 && m.logged('r0', 'shadow peer up').some((l) => l.peer === 'r2'), 15000, 'r0 linked to r2').catch((e: Error) => {
+      throw new Error(`${e.message}: ${JSON.stringify(m.lines['r0']!.filter((l) => /reload|signal|changed/.test(String(l.msg))).slice(-6)) + m.diagnostics()}`);
+    });
     const t2 = traffic(m, { clients: 2, prefix: 'add2-', targets: () => ['r0'], max: 60 });
     await waitUntil(() => t2.ledger.length >= 60, 30000, '60 sent');
     await t2.stop();
