@@ -250,6 +250,26 @@ program
     process.exit(r.empty ? 0 : 1);
   });
 
+program
+  .command('kube-zone')
+  .description("Kubernetes init container: write the zone label of this pod's node to a file (node.zone: ${NODE_ZONE})")
+  .requiredOption('--out <file>', 'file to write the zone to (empty when the node has no zone label)')
+  .option('--label <name>', 'the node label to read', 'topology.kubernetes.io/zone')
+  .option('--api <url>', 'API server (default: the in-cluster one)')
+  .option('--token-file <file>', 'bearer token (default: the service account token)')
+  .option('--ca-file <file>', "the API server's CA (default: the service account's)")
+  .option('--node <name>', 'node name (default: $NODE_NAME)')
+  .action(async (o: { out: string; label: string; api?: string; tokenFile?: string; caFile?: string; node?: string }) => {
+    const { writeNodeZone } = await import('./ops/kube-zone.js');
+    try {
+      const zone = await writeNodeZone(o.out, o);
+      process.stdout.write(zone ? `zone ${zone} → ${o.out}\n` : `the node has no ${o.label} label: no zone (placement cannot keep copies out of this node's zone)\n`);
+    } catch (e) {
+      process.stderr.write(`shadowrelay kube-zone: ${(e as Error).message}\n`);
+      process.exit(2);
+    }
+  });
+
 const spoolCmd = program.command('spool').description('the spool database');
 spoolCmd
   .command('backup')

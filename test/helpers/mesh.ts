@@ -247,7 +247,7 @@ export class MeshTraffic {
   private seq = 0;
 
   constructor(
-    private readonly mesh: Mesh,
+    private readonly mesh: Pick<Mesh, 'addr' | 'reachable' | 'sinkMessages'>,
     private readonly o: { clients: number; prefix: string; targets?: () => string[]; rand?: () => number; timeoutMs?: number; max?: number },
   ) {}
 
