@@ -70,8 +70,9 @@ function where(q: BrowseQuery): { sql: string; params: unknown[] } {
     // a queue id, or its start (ids are upper-case hex, so the primary key finds a prefix)
     const idTerm = QUEUE_ID.test(s) ? `(id >= ? AND id < ?) OR ` : '';
     if (idTerm) params.push(s.toUpperCase(), `${s.toUpperCase()}\u{10FFFF}`);
+    // two plain scans (senders, recipient addresses) instead of a subquery per message
     parts.push(
-      `(${idTerm}sender LIKE ? ESCAPE '\\' OR EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = messages.id AND r.address LIKE ? ESCAPE '\\'))`,
+      `(${idTerm}id IN (SELECT id FROM messages WHERE sender LIKE ? ESCAPE '\\' UNION SELECT message_id FROM recipients WHERE address LIKE ? ESCAPE '\\'))`,
     );
     params.push(likeContains(s), likeContains(s));
   }

@@ -73,8 +73,9 @@ export const MIGRATIONS: Readonly<Record<number, string>> = {
     -- 'deferred' (queued after a failed attempt) is the queued rows with an error
     CREATE INDEX messages_arrival ON messages (received_at, id);
     CREATE INDEX messages_state_arrival ON messages (role, state, (last_error IS NOT NULL), received_at, id);
-    -- top next-hop errors: grouping the pending recipients by reply
-    CREATE INDEX recipients_state_error ON recipients (state, last_error);
+    -- top next-hop errors: the pending recipients by reply. Partial, so that no query of the
+    -- delivery path (which finds recipients by message id) can be planned onto it
+    CREATE INDEX recipients_pending_error ON recipients (last_error) WHERE state = 'pending' AND last_error IS NOT NULL;
   `,
 };
 
