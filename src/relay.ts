@@ -179,6 +179,7 @@ export class Relay {
       peers: () => shadow.peers(),
       discardsPending: () => spool.discardsPending(),
       spoolBytes: () => spool.diskBytes(),
+      spoolMaxBytes: () => cfg.spool.maxSizeBytes,
       certificates: () => certificates.list(),
     });
     const readinessState = () => ({

@@ -41,6 +41,8 @@ export interface MetricsSources {
   peers(): PeerGaugeSource[];
   discardsPending(): number;
   spoolBytes(): number;
+  /** spool.maxSizeBytes (0: no cap) */
+  spoolMaxBytes(): number;
   /** the certificates in force and when they expire */
   certificates(): CertificateExpiry[];
 }
@@ -87,6 +89,7 @@ const GAUGES = [
   'shadowrelay_peer_heartbeat_age_seconds',
   'shadowrelay_discards_pending',
   'shadowrelay_spool_bytes',
+  'shadowrelay_spool_max_bytes',
   'shadowrelay_certificate_expiry_seconds',
 ] as const;
 
@@ -256,6 +259,14 @@ export class Metrics implements RelayMetrics {
       registers,
       collect() {
         this.set(sources.spoolBytes());
+      },
+    });
+    new Gauge({
+      name: 'shadowrelay_spool_max_bytes',
+      help: 'The spool cap (spool.maxSizeBytes; 0 when there is none): a message that does not fit is refused 452',
+      registers,
+      collect() {
+        this.set(sources.spoolMaxBytes());
       },
     });
   }
