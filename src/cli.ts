@@ -19,6 +19,7 @@ import { viewMessage, type MessageView, type ActionResult } from './ops/queue.js
 import { statusText } from './ops/status-format.js';
 import type { Overview } from './ops/dashboard.js';
 import { formatHostPort } from './base/net.js';
+import { monotonicMs } from './base/clock.js';
 
 function configOrExit(file: string): Config {
   try {
@@ -220,7 +221,7 @@ program
   .option('--wait <seconds>', 'keep asking until it answers yes or this many seconds pass', '0')
   .action(async (o: { config: string; ready?: boolean; wait: string }) => {
     const cfg = configOrExit(o.config);
-    const until = Date.now() + Number(o.wait) * 1000;
+    const until = monotonicMs() + Number(o.wait) * 1000;
     const what = o.ready ? '/readyz' : '/healthz';
     for (;;) {
       let problem: string;
@@ -231,7 +232,7 @@ program
       } catch (e) {
         problem = e instanceof AdminError ? `not ready: ${e.message}` : (e as Error).message;
       }
-      if (Date.now() >= until) {
+      if (monotonicMs() >= until) {
         process.stderr.write(`shadowrelay: ${cfg.node.name}: ${problem}\n`);
         process.exit(1);
       }

@@ -36,6 +36,7 @@ function version(): string {
     return 'unknown';
   }
 }
+import { monotonicMs } from './base/clock.js';
 
 export interface RelayAddresses {
   smtp: HostPort;
@@ -282,10 +283,10 @@ export class Relay {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const timeout = this.config.node.shutdownTimeoutMs;
-      const deadline = Date.now() + timeout;
+      const deadline = monotonicMs() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
       await this.smtp.drain(timeout);
-      await this.delivery.stop(Math.max(0, deadline - Date.now()));
+      await this.delivery.stop(Math.max(0, deadline - monotonicMs()));
       await this.shadow.stop();
       await this.admin.close();
       await this.spool.close();

@@ -8,6 +8,7 @@
  * user name and the client address only).
  */
 import { hashPassword, verifyPassword } from '../passwords/index.js';
+import { monotonicMs } from '../base/clock.js';
 
 export interface AuthUser {
   username: string;
@@ -49,7 +50,8 @@ export class AuthThrottle {
 
   constructor(
     private o: Pick<AuthSettings, 'maxFailures' | 'failureWindowMs' | 'lockoutMs'>,
-    private readonly now: () => number = Date.now,
+    // monotonic: a wall-clock step must not end a lockout early
+    private readonly now: () => number = monotonicMs,
   ) {}
 
   /** New thresholds (config reload); failures counted and lockouts in force carry over. */

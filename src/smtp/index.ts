@@ -44,6 +44,7 @@ import { ConnectionLimiter, type ConnectionLimits } from './limits.js';
 import { Authenticator, AuthThrottle, type AuthSettings } from './auth.js';
 import { ContentFilter, type BareLineEndings } from './content.js';
 import { BodyBudget, type BudgetTicket } from './budget.js';
+import { monotonicMs } from '../base/clock.js';
 
 /** Takes responsibility for a message; resolves with the 250 text or throws an SmtpReply. */
 export interface Acceptor {
@@ -412,8 +413,8 @@ export class SmtpListener {
   async drain(deadlineMs: number): Promise<void> {
     this.draining = true;
     const until = async (cond: () => boolean, ms: number) => {
-      const end = Date.now() + ms;
-      while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      const end = monotonicMs() + ms;
+      while (!cond() && monotonicMs() < end) await new Promise((r) => setTimeout(r, 20));
     };
     await until(() => this.receiving.size === 0 && this.accepting.size === 0, deadlineMs);
     const shut = () => {

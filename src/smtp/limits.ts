@@ -7,6 +7,7 @@
  * `$mynetworks` (`smtpd_client_event_limit_exceptions`): the MTAs that relay through us
  * open many connections by design. Refusals are `421 4.7.0` (see SmtpListener).
  */
+import { monotonicMs } from '../base/clock.js';
 export interface ConnectionLimits {
   maxConnections: number;
   maxConnectionsPerAddress: number;
@@ -26,7 +27,7 @@ export class ConnectionLimiter {
 
   constructor(
     private o: ConnectionLimits,
-    private readonly now: () => number = Date.now,
+    private readonly now: () => number = monotonicMs,
   ) {}
 
   /** New limits (config reload); sessions already admitted stay counted. */

@@ -19,7 +19,8 @@ export interface Cluster {
   received: SinkMessage[];
   /** the current sink (undefined while the next hop is down) */
   sink: Sink | undefined;
-  start(name: NodeName): Promise<NodeProcess>;
+  /** `env`: extra environment for this start (e.g. a faked wall clock) */
+  start(name: NodeName, opts?: { env?: Record<string, string> }): Promise<NodeProcess>;
   kill(name: NodeName, signal?: NodeJS.Signals): Promise<number | null>;
   up(name: NodeName): boolean;
   dataDir(name: NodeName): string;
@@ -54,8 +55,8 @@ export async function startCluster(
     nodes: {},
     received,
     sink: undefined,
-    async start(name) {
-      const n = await startNodeProcess(files.configs[name]!, name, 30000);
+    async start(name, opts = {}) {
+      const n = await startNodeProcess(files.configs[name]!, name, 30000, opts);
       c.nodes[name] = n;
       return n;
     },

@@ -356,9 +356,15 @@ export interface NodeProcess {
 }
 
 /** Starts `shadowrelay start --config FILE` as a child; resolves once it logged its ports. */
-export function startNodeProcess(configFile: string, name: string, timeoutMs = 20000): Promise<NodeProcess> {
+export function startNodeProcess(
+  configFile: string,
+  name: string,
+  timeoutMs = 20000,
+  opts: { env?: Record<string, string> } = {},
+): Promise<NodeProcess> {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [CLI, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = opts.env ? { ...process.env, ...opts.env } : process.env;
+    const proc = spawn(process.execPath, [CLI, 'start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env });
     const lines: Array<Record<string, unknown>> = [];
     let stderr = '';
     proc.stderr!.on('data', (d) => (stderr += d));
