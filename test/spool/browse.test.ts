@@ -2,7 +2,9 @@
  * The queue browser's reads on a real spool of 100,000 messages (written through the
  * spool's own methods): a page of the whole queue, a deep page, a state's deep page, a
  * search by id prefix, sender and recipient, the counts by state and the top errors — each
- * timed (figures printed) and bounded, and each checked for what it returns.
+ * checked for what it returns, and timed with the figures printed. The times are printed,
+ * not asserted: a bound on wall time fails by the machine's load, not by the code (speed is
+ * for the benchmark).
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { Spool } from '../../src/spool/index.js';
@@ -10,8 +12,6 @@ import { tmpDir } from '../helpers/index.js';
 
 const N = 100_000;
 const T0 = Date.UTC(2026, 0, 1);
-/** generous for a 2-core machine shared with other test files; the figures are printed */
-const BOUND_MS = 400;
 
 let spool: Spool;
 let cleanup: () => void;
@@ -56,7 +56,6 @@ function timed<T>(what: string, fn: () => T): T {
   const r = fn();
   const ms = Number(process.hrtime.bigint() - t) / 1e6;
   console.log(`browse.test: ${what}: ${ms.toFixed(1)} ms`);
-  expect(ms, what).toBeLessThan(BOUND_MS);
   return r;
 }
 
