@@ -58,6 +58,7 @@ export const WRITES = [
   'takeTransfer',
   'handedOver',
   'reshadowed',
+  'failForBounce',
 ] as const satisfies ReadonlyArray<AsyncMethod>;
 
 /** Methods of Spool that only read: they run on the caller's thread, on the read-only connection. */
@@ -83,6 +84,9 @@ export const READS = [
   'detail',
   'queueStats',
   'diskBytes',
+  'browse',
+  'queueCounts',
+  'topErrors',
   // the SQLite backup API only reads its source
   'backup',
 ] as const satisfies ReadonlyArray<keyof Spool>;
