@@ -132,9 +132,6 @@ remote_smtp:
   driver = smtp
   allow_localhost = true
   hosts_avoid_tls = *
-  # Exim pipelines QUIT behind the final dot and half-closes; shadowrelay then loses the
-  # DATA reply (known issue, README "Exim"): the message is accepted and sent again
-  hosts_avoid_pipelining = *
 local_mbox:
   driver = appendfile
   # $local_part_data: the local part as matched by local_parts (untainted)
