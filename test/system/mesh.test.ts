@@ -112,7 +112,8 @@ describe('N relays', () => {
         .slice(before)
         .map((l) => Number(l.shadowMs));
       const not250 = t.ledger.filter((e) => e.outcome !== '250').length;
-      return { p50: quantile(ms, 0.5), p99: quantile(ms, 0.99), max: Math.max(...ms), n: ms.length, not250, peers: t.ledger };
+      const holders = [...new Set(m.logged('r0', 'accepted').slice(before).map((l) => String(l.shadowPeer)))].sort();
+      return { holders, p50: quantile(ms, 0.5), p99: quantile(ms, 0.99), max: Math.max(...ms), n: ms.length, not250, peers: t.ledger };
     };
     await phase('warm', 100);
     const healthy = await phase('healthy', 300);
@@ -139,16 +140,21 @@ describe('N relays', () => {
     const f = (x: { p50: number; p99: number; max: number; n: number; not250: number }) =>
       `p50 ${x.p50.toFixed(1)} ms, p99 ${x.p99.toFixed(1)} ms, max ${x.max.toFixed(1)} ms (${x.n} × 250, ${x.not250} not 250)`;
     process.stdout.write(
-      `[mesh] accept latency at r0 (peers r1, r2): healthy ${f(healthy)} | r2 killed ${f(dead)} | r1 frozen ${f(frozen)} | while r1 froze: ${transition.length} × 250, max ${Math.max(...transition).toFixed(0)} ms, ${transitionNot250} not 250 (noticed after ${Math.round(detectMs)} ms; timeoutMs ${FAST.shadow.timeoutMs})\n`,
+      `[mesh] accept latency at r0 (peers r1, r2): healthy ${f(healthy)} | r2 killed ${f(dead)} (p99 ${(dead.p99 / healthy.p99).toFixed(2)}× healthy) | r1 frozen ${f(frozen)} (p99 ${(frozen.p99 / healthy.p99).toFixed(2)}× healthy) | while r1 froze: ${transition.length} × 250, max ${Math.max(...transition).toFixed(0)} ms, ${transitionNot250} not 250 (noticed after ${Math.round(detectMs)} ms; timeoutMs ${FAST.shadow.timeoutMs})\n`,
     );
-    expect(transitionNot250, 'copies in flight when the peer froze went to the other peer').toBe(0);
+    expect(transitionNot250, 'copies in flight when the peer froze went to the other peer within the budget').toBe(0);
     expect(Math.max(...transition), 'no copy waited the whole timeoutMs: the next candidate was started beside it').toBeLessThan(FAST.shadow.timeoutMs);
-    // a floor for a machine shared with other suites: 2 × a p99 of a few ms is noise
-    const bound = 2 * Math.max(healthy.p99, 10);
+    // "no per-message wait" by structure: with r2 dead (and with r1 frozen, once noticed) the
+    // placement never sends a copy to it, so nothing waits for it
+    expect(dead.holders, 'with r2 dead every copy went to r1 at once').toEqual(['r1']);
+    expect(frozen.holders, 'with r1 frozen every copy went to r2 at once').toEqual(['r2']);
     expect(dead.not250).toBe(0);
     expect(frozen.not250).toBe(0);
-    expect(dead.p99).toBeLessThanOrEqual(bound);
-    expect(frozen.p99).toBeLessThanOrEqual(bound);
+    // the latency itself: a wait for a dead peer would show as the hedge delay (timeoutMs / 2)
+    // on every copy; 2 x a p99 of a few ms is the machine's load, not the relay, so the ratio
+    // is printed above and the bound is the hedge delay
+    expect(dead.p99).toBeLessThan(FAST.shadow.timeoutMs / 2);
+    expect(frozen.p99).toBeLessThan(FAST.shadow.timeoutMs / 2);
   }, 120000);
 
   it('a whole zone (2 of 5 nodes) vanishes silently with placement preferRemote: lost 0, every copy was in another zone', async () => {
