@@ -114,9 +114,9 @@ export class Relay {
     const spool = await ThreadedSpool.openThreaded(
       cfg.node.dataDir,
       { node: cfg.node.name, busyTimeoutMs: cfg.spool.busyTimeoutMs, maxSizeBytes: cfg.spool.maxSizeBytes },
-      { recoverPeers: peerNames, onFatal: (err) => log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart') },
+      { onFatal: (err) => log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart') },
     );
-    const recovered = spool.recover(peerNames);
+    const recovered = spool.recover();
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
 
     const metrics = new Metrics(cfg.node.name);
@@ -146,6 +146,7 @@ export class Relay {
       peerNames,
       log,
       onAccepted: deliveryDue.ring,
+      promoteAfterMs: cfg.shadow.promoteAfterMs,
       metrics,
     });
     const delivery = new DeliveryWorker({
@@ -181,6 +182,8 @@ export class Relay {
     });
 
     const shadowAddr = await shadow.start();
+    // copies an earlier run left without their accepted mark: read before SMTP makes new ones
+    void acceptor.settleInDoubt();
     const smtpAddr = await smtp.listen(cfg.smtp.listen);
     const adminAddr = await admin.listen(cfg.admin.listen);
     const addresses: RelayAddresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
