@@ -12,8 +12,11 @@
 import type Database from 'better-sqlite3';
 
 /** How long a bookkeeping write waits for a transaction to join before it starts its own. */
-// short: a kill -9 re-sends a delivered message whose outcome had not committed yet
-export const LAZY_DELAY_MS = 5;
+// longer than the gap between two messages of one serial sender (so a message's mark and
+// outcome ride in the next message's write), short enough that a kill -9 of an idle node
+// re-sends few delivered messages whose outcome had not committed yet (under load they
+// commit within one fsync anyway)
+export const LAZY_DELAY_MS = 50;
 
 interface Pending {
   fn: () => unknown;
