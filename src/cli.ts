@@ -16,6 +16,9 @@ import { writeCertSet } from './certs/index.js';
 import { adminRequest, DaemonDown, AdminError } from './ops/admin-client.js';
 import { queueTable, showText } from './ops/queue-format.js';
 import { viewMessage, type MessageView, type ActionResult } from './ops/queue.js';
+import { statusText } from './ops/status-format.js';
+import type { Overview } from './ops/dashboard.js';
+import { formatHostPort } from './base/net.js';
 import { monotonicMs } from './base/clock.js';
 
 function configOrExit(file: string): Config {
@@ -69,6 +72,26 @@ program
   .action((o: { config: string }) => {
     const cfg = configOrExit(o.config);
     process.stdout.write(`${cfg.file}: ok (node ${cfg.node.name}, peers ${cfg.shadow.peers.map((p) => p.name).join(', ')})\n`);
+  });
+
+program
+  .command('status')
+  .description('one screen: the node, its peers with link state and round trip, the queue, the oldest message, last errors, certificate expiry')
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('--json', 'print the overview as JSON')
+  .action(async (o: { config: string; json?: boolean }) => {
+    const cfg = configOrExit(o.config);
+    const admin = formatHostPort(cfg.admin.listen);
+    let v: Overview;
+    try {
+      v = await adminRequest<Overview>(cfg, 'GET', '/api/overview', 10000);
+    } catch (e) {
+      // one line, and a non-zero exit: scripts and humans both see at once that it is down
+      if (e instanceof DaemonDown) process.stderr.write(`shadowrelay: ${cfg.node.name} is not running (nothing answers on ${admin}: ${e.reason})\n`);
+      else process.stderr.write(`shadowrelay: ${cfg.node.name}: ${(e as Error).message}\n`);
+      process.exit(e instanceof AdminError && e.status !== 401 ? 1 : 2);
+    }
+    process.stdout.write(o.json ? JSON.stringify(v, null, 2) + '\n' : statusText(v, admin));
   });
 
 const queue = program.command('queue').description('inspect and control the queue (mailq, postqueue, postsuper, postcat)');

@@ -17,13 +17,25 @@ import { SmtpListener, type SmtpSettings } from './smtp/index.js';
 import { NetworkList } from './smtp/networks.js';
 import { ShadowedAcceptor, type AcceptSettings } from './accept/index.js';
 import { DeliveryWorker, type DeliverySettings } from './delivery/index.js';
-import { AdminServer } from './ops/admin.js';
+import { AdminServer, readiness } from './ops/admin.js';
 import { createLogger } from './ops/log.js';
 import { secretFileWarnings } from './ops/secrets.js';
 import { Metrics } from './ops/metrics.js';
 import { QueueService } from './ops/queue.js';
+import { Dashboard } from './ops/dashboard.js';
+import { CertificateWatch } from './ops/certificates.js';
+import { readFileSync } from 'node:fs';
 import { Signal } from './base/signal.js';
-import type { HostPort } from './base/net.js';
+import { formatHostPort, type HostPort } from './base/net.js';
+
+/** The package's version (package.json sits beside src/ and dist/). */
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
 import { monotonicMs } from './base/clock.js';
 
 export interface RelayAddresses {
@@ -67,6 +79,7 @@ interface Parts {
   delivery: DeliveryWorker;
   admin: AdminServer;
   metrics: Metrics;
+  certificates: CertificateWatch;
 }
 
 export class Relay {
@@ -83,6 +96,7 @@ export class Relay {
   private readonly acceptor: ShadowedAcceptor;
   private readonly delivery: DeliveryWorker;
   private readonly admin: AdminServer;
+  private readonly certificates: CertificateWatch;
 
   private constructor(
     config: Config,
@@ -98,6 +112,7 @@ export class Relay {
     this.acceptor = parts.acceptor;
     this.delivery = parts.delivery;
     this.admin = parts.admin;
+    this.certificates = parts.certificates;
   }
 
   /** The configuration in force (changes on a successful reload). */
@@ -160,23 +175,49 @@ export class Relay {
       metrics,
     });
     const smtp = new SmtpListener({ ...settings.smtp(cfg), maxBytesInFlight: cfg.smtp.maxBytesInFlight, acceptor, log, metrics });
-    const queue = new QueueService({ spool, log, wake: () => delivery.wake(), pumpDiscards: () => shadow.pumpDiscards() });
+    const certificates = new CertificateWatch(cfg.tls);
     metrics.observe({
       queueStats: () => spool.queueStats(),
       peers: () => shadow.peers(),
       discardsPending: () => spool.discardsPending(),
       spoolBytes: () => spool.diskBytes(),
+      spoolMaxBytes: () => cfg.spool.maxSizeBytes,
+      certificates: () => certificates.list(),
+    });
+    const readinessState = () => ({
+      smtpStarted: smtp.isStarted,
+      acceptsWithoutPeer: acceptor.onFailure === 'accept',
+      // a peer whose spool is full cannot take a copy either
+      anyPeerUp: shadow.canShadow(),
+      peers: shadow.peers(),
+    });
+    const dashboard = new Dashboard({
+      node: cfg.node.name,
+      version: version(),
+      adminListen: formatHostPort(cfg.admin.listen),
+      startedAt: Date.now(),
+      readiness: () => readiness(readinessState()),
+      peers: () => shadow.peers(),
+      queueCounts: () => spool.queueCounts(),
+      topErrors: (n) => spool.topErrors(n),
+      spoolBytes: () => spool.diskBytes(),
+      spoolMaxBytes: () => cfg.spool.maxSizeBytes,
+      discardsPending: () => spool.discardsPending(),
+      certificates: () => certificates.list(),
+      metrics,
+    });
+    const queue = new QueueService({
+      spool,
+      log,
+      wake: () => delivery.wake(),
+      pumpDiscards: () => shadow.pumpDiscards(),
+      onChange: () => dashboard.queueChanged(),
     });
     const admin = new AdminServer({
-      readiness: () => ({
-        smtpStarted: smtp.isStarted,
-        acceptsWithoutPeer: acceptor.onFailure === 'accept',
-        // a peer whose spool is full cannot take a copy either
-        anyPeerUp: shadow.canShadow(),
-        peers: shadow.peers(),
-      }),
+      readiness: readinessState,
       metrics: () => metrics.render(),
       queue,
+      dashboard,
       token: adminToken(cfg),
       log,
     });
@@ -187,9 +228,12 @@ export class Relay {
     const smtpAddr = await smtp.listen(cfg.smtp.listen);
     const adminAddr = await admin.listen(cfg.admin.listen);
     const addresses: RelayAddresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };
+    const ui = admin.dashboardState();
+    if (ui.enabled) log.info({ url: `http://${formatHostPort(adminAddr)}/`, access: ui.reason }, 'dashboard served');
+    else log.warn({ admin: formatHostPort(adminAddr), reason: ui.reason }, 'dashboard disabled: set admin.token (or admin.tokenFile) to serve it on this address');
     delivery.start();
     log.info({ ...addresses }, 'shadowrelay started');
-    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics }, addresses);
+    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics, certificates }, addresses);
   }
 
   /**
@@ -211,6 +255,7 @@ export class Relay {
     }
     this.log.level = next.log.level;
     this.admin.setToken(adminToken(next));
+    this.certificates.set(next.tls);
     this.current = next;
     this.metrics.reload(true);
     this.log.info({ file: next.file, changed, certificates: 'reloaded' }, 'configuration reloaded');

@@ -23,6 +23,14 @@ export type RefusalReason =
 
 export type DeliveryOutcome = 'delivered' | 'deferred' | 'bounced';
 
+/** Why a recipient was deferred; the `reason` label of `shadowrelay_delivery_deferrals_total`. */
+export type DeferralReason =
+  | 'reply_4xx' // the next hop answered 4xx
+  | 'connection' // refused, unreachable, reset, name not found
+  | 'timeout' // connect, greeting or a reply did not come in time
+  | 'tls' // delivery.nextHop.tls=required and no verified TLS: nothing sent
+  | 'other';
+
 /** Kinds of the unavoidable duplicate windows (DESIGN invariant 5). */
 export type DuplicateRiskKind =
   | 'promoted_after_delivery' // the peer promoted a copy the primary may have delivered
@@ -41,6 +49,8 @@ export interface RelayMetrics {
   refused(reason: RefusalReason): void;
   /** one recipient's delivery outcome; `delaySeconds` since arrival (Postfix's delay=) */
   delivery(outcome: DeliveryOutcome, delaySeconds: number): void;
+  /** a recipient was deferred (also counted as `deferred`), and why */
+  deliveryDeferred(reason: DeferralReason): void;
   /** a recipient failed because the queue lifetime passed (also counted as `bounced`) */
   deliveryExpired(): void;
   /** a delivery attempt (one SMTP transaction to the next hop) starts */
@@ -79,6 +89,7 @@ export const noMetrics: RelayMetrics = {
   accepted: ignore,
   refused: ignore,
   delivery: ignore,
+  deliveryDeferred: ignore,
   deliveryExpired: ignore,
   deliveryAttemptStarted: ignore,
   deliveryAttempt: ignore,

@@ -14,6 +14,9 @@ import { foldLines } from 'nodemailer/lib/mime-funcs';
 import { enhancedCodeOf } from '../base/replies.js';
 import { headerSection, rfc5322Date } from '../base/message.js';
 
+/** The error text ops/queue.ts gives recipients an operator deleted with a bounce. */
+export const OPERATOR_DELETED = 'deleted by the operator';
+
 export interface DsnRecipient {
   address: string;
   /** enhanced status code, e.g. 5.1.1 */
@@ -47,6 +50,8 @@ const SMTP_REPLY = /^(\d)\d\d[ -]/;
  */
 export function recipientFailure(address: string, lastError: string | null, nextHop: string): DsnRecipient {
   const err = oneLine(lastError ?? 'delivery time expired');
+  // deleted with a bounce by an operator (ops/queue.ts): not refused by anyone, not expired
+  if (err === OPERATOR_DELETED) return { address, status: '5.0.0', diagnostic: `X-Shadowrelay; message ${err}`, expired: false };
   const m = SMTP_REPLY.exec(err);
   const expired = !m || m[1] !== '5';
   if (m) {

@@ -31,7 +31,7 @@ import { buildDsn, recipientFailure } from './dsn.js';
 import { newQueueId } from '../base/ids.js';
 import { enhancedCodeOf } from '../base/replies.js';
 import type { Envelope } from '../base/message.js';
-import { noMetrics, type RelayMetrics } from '../base/metrics.js';
+import { noMetrics, type RelayMetrics, type DeferralReason } from '../base/metrics.js';
 import type { Signal } from '../base/signal.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 
@@ -57,7 +57,7 @@ export interface DeliveryOptions {
 
 type DeliveryMetrics = Pick<
   RelayMetrics,
-  'delivery' | 'deliveryExpired' | 'deliveryAttemptStarted' | 'deliveryAttempt' | 'deliveryCancelled' | 'deliveryRecordRetry' | 'bounce' | 'duplicateRisk'
+  'delivery' | 'deliveryDeferred' | 'deliveryExpired' | 'deliveryAttemptStarted' | 'deliveryAttempt' | 'deliveryCancelled' | 'deliveryRecordRetry' | 'bounce' | 'duplicateRisk'
 >;
 
 /** What a config reload may change while the worker runs. */
@@ -86,6 +86,15 @@ interface SmtpError extends Error {
 /** Enhanced status code from a reply like "250 2.0.0 Ok" → "2.0.0". */
 export function dsnOf(response: string | undefined, fallback: string): string {
   return enhancedCodeOf(response ?? '') ?? fallback;
+}
+
+/** Why a recipient is still pending after an attempt, from the error recorded for it. */
+export function deferralReason(error: string): DeferralReason {
+  if (/^4\d\d[ -]/.test(error)) return 'reply_4xx';
+  if (error.startsWith('TLS required')) return 'tls';
+  if (/ETIMEDOUT|ETIMEOUT|timed? ?out/i.test(error)) return 'timeout';
+  if (/ECONNREFUSED|ECONNRESET|ECONNECTION|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN|EDNS|ESOCKET/.test(error)) return 'connection';
+  return 'other';
 }
 
 export function backoffMs(attempts: number, initialMs: number, maxMs: number, rand: () => number = Math.random): number {
@@ -266,6 +275,7 @@ export class DeliveryWorker {
       // an expired recipient is bounced like a refused one
       this.metrics.delivery(o.state === 'delivered' ? 'delivered' : o.state === 'failed' ? 'bounced' : 'deferred', delay);
       if (expired.has(o.idx)) this.metrics.deliveryExpired();
+      if (o.state === 'pending') this.metrics.deliveryDeferred(deferralReason(response));
       const line = { id, to, relay, delay, dsn, status, response };
       if (o.state === 'delivered') this.o.log.info(line, 'delivered');
       else this.o.log.warn(line, status);

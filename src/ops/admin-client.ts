@@ -9,8 +9,8 @@ import { adminToken, type ParsedConfig } from '../config/index.js';
 import { formatHostPort, type HostPort } from '../base/net.js';
 
 export class DaemonDown extends Error {
-  constructor(readonly listen: HostPort, cause: string) {
-    super(`shadowrelay does not answer on ${formatHostPort(listen)}: is it running? (${cause})`);
+  constructor(readonly listen: HostPort, readonly reason: string) {
+    super(`shadowrelay does not answer on ${formatHostPort(listen)}: is it running? (${reason})`);
     this.name = 'DaemonDown';
   }
 }

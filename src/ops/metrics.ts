@@ -12,9 +12,12 @@
  */
 import { Registry, Counter, Gauge, Histogram, collectDefaultMetrics } from 'prom-client';
 import type { QueueStat } from '../spool/index.js';
+import { History } from './history.js';
+import type { CertificateExpiry } from './certificates.js';
 import type {
   RelayMetrics,
   RefusalReason,
+  DeferralReason,
   DeliveryOutcome,
   DuplicateRiskKind,
   BounceResult,
@@ -38,6 +41,10 @@ export interface MetricsSources {
   peers(): PeerGaugeSource[];
   discardsPending(): number;
   spoolBytes(): number;
+  /** spool.maxSizeBytes (0: no cap) */
+  spoolMaxBytes(): number;
+  /** the certificates in force and when they expire */
+  certificates(): CertificateExpiry[];
 }
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -65,6 +72,10 @@ const COUNTERS = {
   shadowrelay_replication_failures_total: { help: 'Shadow copies a peer did not confirm (refused, timed out, unreachable)', labels: ['peer'] },
   shadowrelay_discards_confirmed_total: { help: 'Discards confirmed by peers: whole messages, or recipients of messages partly delivered', labels: ['scope'] },
   shadowrelay_peer_reconnects_total: { help: 'New replication sessions to the peer after one was lost or stopped answering', labels: ['peer'] },
+  shadowrelay_delivery_deferrals_total: {
+    help: 'Recipients deferred (retried later), by why: reply_4xx (the next hop answered 4xx), connection, timeout, tls (tls=required not met), other',
+    labels: ['reason'],
+  },
 } as const;
 
 type CounterName = keyof typeof COUNTERS;
@@ -78,6 +89,8 @@ const GAUGES = [
   'shadowrelay_peer_heartbeat_age_seconds',
   'shadowrelay_discards_pending',
   'shadowrelay_spool_bytes',
+  'shadowrelay_spool_max_bytes',
+  'shadowrelay_certificate_expiry_seconds',
 ] as const;
 
 /** A sample name of this registry: a counter, a gauge, or a histogram's `_count` / `_sum`. */
@@ -91,6 +104,8 @@ export interface MetricsSnapshot {
 
 export class Metrics implements RelayMetrics {
   readonly registry = new Registry();
+  /** the last hour per minute, for the dashboard (fed by the same events) */
+  readonly history = new History();
   private readonly counters: { [K in CounterName]: Counter<string> };
   private readonly shadowSeconds: Histogram;
   private readonly deliveryDelay: Histogram<'outcome'>;
@@ -139,6 +154,8 @@ export class Metrics implements RelayMetrics {
     zero('shadowrelay_bounces_total', 'result', ['queued', 'deferred', 'suppressed']);
     zero('shadowrelay_shadows_dropped_total', 'reason', ['orphan', 'expired']);
     zero('shadowrelay_discards_confirmed_total', 'scope', ['message', 'recipient']);
+    zero('shadowrelay_delivery_deferrals_total', 'reason', ['reply_4xx', 'connection', 'timeout', 'tls', 'other']);
+    zero('shadowrelay_duplicate_risk_total', 'kind', ['promoted_after_delivery', 'delivered_without_reconcile']);
   }
 
   /**
@@ -227,6 +244,16 @@ export class Metrics implements RelayMetrics {
       },
     });
     new Gauge({
+      name: 'shadowrelay_certificate_expiry_seconds',
+      help: 'Seconds until a certificate in force expires (negative: expired): shadow_cert and shadow_ca (the replication link; expired means 451 for every message), smtp_cert (STARTTLS)',
+      labelNames: ['certificate'],
+      registers,
+      collect() {
+        this.reset();
+        for (const c of sources.certificates()) this.set({ certificate: c.certificate }, c.secondsLeft);
+      },
+    });
+    new Gauge({
       name: 'shadowrelay_spool_bytes',
       help: 'Size of the spool database and its write-ahead log on disk',
       registers,
@@ -234,21 +261,37 @@ export class Metrics implements RelayMetrics {
         this.set(sources.spoolBytes());
       },
     });
+    new Gauge({
+      name: 'shadowrelay_spool_max_bytes',
+      help: 'The spool cap (spool.maxSizeBytes; 0 when there is none): a message that does not fit is refused 452',
+      registers,
+      collect() {
+        this.set(sources.spoolMaxBytes());
+      },
+    });
   }
 
   accepted(shadowSeconds: number | null): void {
     this.counters.shadowrelay_messages_accepted_total.inc();
+    this.history.add('accepted');
     if (shadowSeconds === null) this.counters.shadowrelay_messages_degraded_total.inc();
     else this.shadowSeconds.observe(shadowSeconds);
   }
 
   refused(reason: RefusalReason): void {
     this.counters.shadowrelay_messages_refused_total.inc({ reason });
+    this.history.add('refused');
+    if (reason === 'shadow_unconfirmed') this.history.add('refused451');
   }
 
   delivery(outcome: DeliveryOutcome, delaySeconds: number): void {
     this.counters.shadowrelay_deliveries_total.inc({ outcome });
+    this.history.add(outcome);
     this.deliveryDelay.observe({ outcome }, delaySeconds);
+  }
+
+  deliveryDeferred(reason: DeferralReason): void {
+    this.counters.shadowrelay_delivery_deferrals_total.inc({ reason });
   }
 
   deliveryExpired(): void {
@@ -303,6 +346,7 @@ export class Metrics implements RelayMetrics {
 
   replicated(peer: string, seconds: number): void {
     this.replicationSeconds.observe({ peer }, seconds);
+    this.history.replicated(peer, seconds);
   }
 
   replicationFailed(peer: string): void {

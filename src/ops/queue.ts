@@ -10,10 +10,14 @@
  * - Only primaries can be acted on: a shadow copy belongs to its primary (act there).
  * - `delete` purges the message and, in the same transaction, owes the peer a discard of its
  *   shadow copy, so the peer never promotes and delivers what the operator deleted.
+ * - `delete` with a bounce fails the pending recipients (reason `OPERATOR_DELETED`) and makes
+ *   the message due: the delivery worker bounces them to the sender like any failure (the
+ *   bounce shadowed like any message), then purges it and owes the discard.
  */
 import type { Logger } from 'pino';
-import type { QueueSpool, MessageSummary, MessageDetail } from '../spool/index.js';
+import type { QueueSpool, MessageSummary, MessageDetail, BrowseQuery, BrowsePage } from '../spool/index.js';
 import { headerSection } from '../base/message.js';
+import { OPERATOR_DELETED } from '../delivery/dsn.js';
 
 export interface HistoryEntry {
   at: number | null;
@@ -28,6 +32,9 @@ export interface MessageView extends MessageDetail {
   /** the whole message, only when asked for */
   body?: string;
 }
+
+/** The error a recipient deleted with a bounce carries (the bounce's DSN knows it). */
+export { OPERATOR_DELETED };
 
 export type ActionResult =
   | { ok: true; id: string; result: string }
@@ -73,6 +80,8 @@ export interface QueueServiceOptions {
   wake: () => void;
   /** the discard pump should send what is owed now */
   pumpDiscards: () => void;
+  /** an action changed the queue (live views re-read it) */
+  onChange?: () => void;
 }
 
 export class QueueService {
@@ -80,6 +89,11 @@ export class QueueService {
 
   list(): MessageSummary[] {
     return this.o.spool.list();
+  }
+
+  /** One page of the queue (the dashboard's queue browser). */
+  browse(q: BrowseQuery): BrowsePage {
+    return this.o.spool.browse(q);
   }
 
   show(id: string, withBody: boolean): MessageView | undefined {
@@ -101,6 +115,7 @@ export class QueueService {
     const count = await this.o.spool.retryAllNow();
     this.o.log.info({ count }, 'queue flush requested');
     this.o.wake();
+    this.o.onChange?.();
     return { count };
   }
 
@@ -110,6 +125,7 @@ export class QueueService {
     if (!(await this.o.spool.retryNow(id))) return { ok: false, status: 409, error: `${id}: is on hold; release it instead` };
     this.o.log.info({ id }, 'retry requested');
     this.o.wake();
+    this.o.onChange?.();
     return { ok: true, id, result: 'due now' };
   }
 
@@ -118,6 +134,7 @@ export class QueueService {
     if (no) return no;
     if (!(await this.o.spool.hold(id))) return { ok: false, status: 409, error: `${id}: is already on hold` };
     this.o.log.info({ id }, 'held');
+    this.o.onChange?.();
     return { ok: true, id, result: 'held' };
   }
 
@@ -127,6 +144,7 @@ export class QueueService {
     if (!(await this.o.spool.release(id))) return { ok: false, status: 409, error: `${id}: is not on hold` };
     this.o.log.info({ id }, 'released');
     this.o.wake();
+    this.o.onChange?.();
     return { ok: true, id, result: 'released' };
   }
 
@@ -137,7 +155,23 @@ export class QueueService {
     if (peer === undefined) return { ok: false, status: 404, error: `${id}: no such message in the queue` };
     this.o.log.warn({ id, discardTo: peer }, 'deleted by the operator');
     this.o.pumpDiscards();
+    this.o.onChange?.();
     return { ok: true, id, result: peer ? `deleted; discard of the shadow copy owed to ${peer}` : 'deleted' };
+  }
+
+  /**
+   * Deletes with a bounce to the sender: the pending recipients fail and are bounced by the
+   * delivery worker (a null sender gets none, as for any failure); the message then leaves.
+   */
+  async deleteWithBounce(id: string): Promise<ActionResult> {
+    const no = this.refusal(id);
+    if (no) return no;
+    const failed = await this.o.spool.failForBounce(id, OPERATOR_DELETED);
+    if (failed === undefined) return { ok: false, status: 404, error: `${id}: no such message in the queue` };
+    this.o.log.warn({ id, failed }, 'deleted by the operator with a bounce to the sender');
+    this.o.wake();
+    this.o.onChange?.();
+    return { ok: true, id, result: `${failed} recipient(s) failed; bounce to the sender queued, then deleted` };
   }
 
   /** Deletes every primary whose last attempt failed (`postsuper -d ALL deferred`). */

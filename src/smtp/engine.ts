@@ -15,6 +15,11 @@
  *   are: smtp-server would prefix a second code derived from the numeric one;
  * - the server offers what the listener needs of it: its open connections (graceful stop)
  *   and applying new settings to the sessions that start from now on (config reload);
+ * - replies still go out after the client half-closed: Exim pipelines QUIT behind the final
+ *   dot and sends its FIN at once; with Node's default the socket ended our side too and the
+ *   250 was lost (the client then sent the message again — a duplicate), and smtp-server writes
+ *   only to an 'open' socket. So sockets are half-open, replies are written to a 'writeOnly'
+ *   one, and once everything the client sent before its FIN is answered, the connection closes;
  * - the 220 greeting at once: smtp-server holds every connection 100 ms before it (an
  *   "early talker" check for public MX hosts; Postfix keeps it in postscreen, not smtpd). A
  *   sender opening one connection per message paid it every time: 20 such sessions could not
@@ -41,6 +46,15 @@ export interface EngineHooks {
   maxErrors: number;
   /** checked before each command (not AUTH continuation lines); a refusal replaces the command */
   gate(conn: HardenedConnection, command: string): Refusal | null;
+}
+
+/** One reply as smtp-server words it: `code[-| ]enhanced text`, control characters blanked. */
+function formatReply(code: number, enhanced: string, data?: string | string[] | null): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = (l: string | null | undefined) => (l ?? '').toString().replace(/[\x00-\x1f\x7f]/g, ' ');
+  const prefix = enhanced ? `${enhanced} ` : '';
+  if (Array.isArray(data)) return data.map((l, i, all) => `${code}${i < all.length - 1 ? '-' : ' '}${prefix}${clean(l)}`).join('\r\n');
+  return [String(code), enhanced, data ? clean(data) : ''].filter(Boolean).join(' ');
 }
 
 /** The address smtp-server parsed, plus the path exactly as the client wrote it. */
@@ -140,9 +154,31 @@ export class HardenedConnection extends SMTPConnection {
     this.close();
   }
 
-  /** smtp-server's send, except that text carrying its own enhanced code gets no second one. */
+  /**
+   * smtp-server's send, except that text carrying its own enhanced code gets no second one,
+   * and that a reply still goes out once the client has half-closed (see the summary).
+   */
   private write(code: number, data?: string | string[] | null, context?: string | false): void {
-    super.send(code, data, typeof data === 'string' && hasEnhancedCode(data) ? false : context);
+    const ctx = typeof data === 'string' && hasEnhancedCode(data) ? false : context;
+    const s = this._socket;
+    if (s.readyState === 'writeOnly' && !this._upgrading && !s.destroyed) {
+      const payload = formatReply(code, this._getEnhancedStatusCode(code, ctx), data);
+      if (code >= 400) this.session.error = payload;
+      s.write(payload + '\r\n');
+      if (code === 421) this.close();
+      return;
+    }
+    super.send(code, data, ctx);
+  }
+
+  override _createParser(): ReturnType<SMTPConnection['_createParser']> {
+    const parser = super._createParser();
+    // the parser finishes when the client's FIN ended it and every command it sent before
+    // (a pipelined QUIT included) was handled: nothing more can come, so close
+    parser.once('finish', () => {
+      if (!this._closing && !this._closed) this.close();
+    });
+    return parser;
   }
 
   private startDeadline(): void {
@@ -184,7 +220,9 @@ export class HardenedServer extends SMTPServer {
     private readonly hooks: EngineHooks,
   ) {
     const { tls, ...live } = settings;
-    super({ ...options, ...live, ...(tls ? tlsOptions(tls) : {}) });
+    // half-open sockets: a client's FIN must not end our side before its replies are out
+    // (the TLS socket of STARTTLS takes the setting from the socket it wraps)
+    super({ ...options, ...live, ...(tls ? tlsOptions(tls) : {}), allowHalfOpen: true } as SMTPServerOptions);
   }
 
   /** New settings for the sessions that start from now on; open ones keep what they have. */

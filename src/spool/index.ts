@@ -42,6 +42,8 @@ import * as shadows from './shadows.js';
 import * as outbox from './outbox.js';
 import * as operator from './operator.js';
 import * as inspect from './inspect.js';
+import * as browse from './browse.js';
+import type { BrowsePage, BrowseQuery, ErrorGroup, QueueCounts } from './browse.js';
 import type {
   AttemptResult,
   DiscardResult,
@@ -82,6 +84,7 @@ export type {
   InDoubtOutcome,
 } from './types.js';
 export { MIGRATIONS } from './schema.js';
+export { BROWSE_STATES, type BrowseState, type BrowseQuery, type BrowsePage, type QueueCounts, type ErrorGroup } from './browse.js';
 
 export class Spool {
   readonly incarnation: string;
@@ -330,6 +333,15 @@ export class Spool {
     return this.write(() => operator.deletePrimary(this.c, id));
   }
 
+  /**
+   * Deletes a primary with a bounce to its sender: its pending recipients fail with `reason`
+   * and it is due now; the delivery worker bounces them and then purges it. Resolves with the
+   * number of recipients failed, or undefined when no such primary exists.
+   */
+  failForBounce(id: string, reason: string, now = Date.now()): Promise<number | undefined> {
+    return this.write(() => operator.failForBounce(this.c, id, reason, now));
+  }
+
   /** Primaries whose last delivery attempt failed (Postfix's "deferred" queue), oldest first. */
   deferredIds(): string[] {
     return operator.deferredIds(this.c);
@@ -392,6 +404,21 @@ export class Spool {
     return inspect.list(this.c);
   }
 
+  /** One page of the queue, filtered and searched (the dashboard's queue browser). */
+  browse(q: BrowseQuery): BrowsePage {
+    return browse.browse(this.c, q);
+  }
+
+  /** Messages by queued / deferred / held / spooled / shadow, and the oldest arrivals. */
+  queueCounts(): QueueCounts {
+    return browse.queueCounts(this.c);
+  }
+
+  /** The replies pending recipients wait on, most frequent first. */
+  topErrors(limit: number): ErrorGroup[] {
+    return browse.topErrors(this.c, limit);
+  }
+
   counts(): { primary: number; shadow: number; outbox: number } {
     return inspect.counts(this.c);
   }
@@ -449,4 +476,20 @@ export interface LinkSpool
 
 /** The queue tools (ops/queue.ts): inspection and operator actions. */
 export interface QueueSpool
-  extends Pick<Spool, 'list' | 'get' | 'detail' | 'getWithBody' | 'deferredIds' | 'hold' | 'release' | 'retryNow' | 'retryAllNow' | 'deletePrimary'> {}
+  extends Pick<
+    Spool,
+    | 'list'
+    | 'get'
+    | 'detail'
+    | 'getWithBody'
+    | 'deferredIds'
+    | 'hold'
+    | 'release'
+    | 'retryNow'
+    | 'retryAllNow'
+    | 'deletePrimary'
+    | 'failForBounce'
+    | 'browse'
+    | 'queueCounts'
+    | 'topErrors'
+  > {}

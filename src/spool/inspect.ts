@@ -72,7 +72,7 @@ export function counts(c: SpoolContext): { primary: number; shadow: number; outb
   return n;
 }
 
-function summary(c: SpoolContext, r: MessageRow): MessageSummary {
+export function summary(c: SpoolContext, r: MessageRow): MessageSummary {
   return {
     id: r.id,
     role: r.role,

@@ -37,3 +37,18 @@ export async function backup(c: SpoolContext, dest: string): Promise<{ totalPage
   const r = await c.db.backup(dest);
   return { totalPages: r.totalPages };
 }
+
+/**
+ * The operator deletes a primary *with* a bounce: its pending recipients fail with `reason`
+ * and it is due at once (queued, also when it was held), so the delivery worker bounces them
+ * to the sender through the usual path (the bounce is shadowed like any message, then this
+ * one is purged and its discard owed). Resolves with the number of recipients failed, or
+ * undefined when no such primary exists (or it is still being accepted).
+ */
+export function failForBounce(c: SpoolContext, id: string, reason: string, now: number): number | undefined {
+  const msg = c.st.getMsg.get(id) as MessageRow | undefined;
+  if (!msg || msg.role !== 'primary' || msg.state === 'spooled') return undefined;
+  const failed = c.st.rcptFailPending.run(reason, id).changes;
+  c.st.requeueNow.run(now, id);
+  return failed;
+}

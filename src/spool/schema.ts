@@ -8,7 +8,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { SpoolOptions } from './types.js';
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export const MIGRATIONS: Readonly<Record<number, string>> = {
   1: `
@@ -66,6 +66,16 @@ export const MIGRATIONS: Readonly<Record<number, string>> = {
       PRIMARY KEY (origin, message_id)
     ) WITHOUT ROWID;
     CREATE INDEX messages_age ON messages (role, origin, received_at, id);
+  `,
+  3: `
+    -- the queue browser (dashboard): pages in arrival order, whole queue or one state, read
+    -- from the index alone (deep pages of a 100,000-message queue skip index entries, not rows);
+    -- 'deferred' (queued after a failed attempt) is the queued rows with an error
+    CREATE INDEX messages_arrival ON messages (received_at, id);
+    CREATE INDEX messages_state_arrival ON messages (role, state, (last_error IS NOT NULL), received_at, id);
+    -- top next-hop errors: the pending recipients by reply. Partial, so that no query of the
+    -- delivery path (which finds recipients by message id) can be planned onto it
+    CREATE INDEX recipients_pending_error ON recipients (last_error) WHERE state = 'pending' AND last_error IS NOT NULL;
   `,
 };
 

@@ -98,6 +98,8 @@ export function prepareStatements(db: Database.Database) {
     release: db.prepare(`UPDATE messages SET state='queued', next_attempt_at=? WHERE id=? AND role='primary' AND state='held'`),
     retryNow: db.prepare(`UPDATE messages SET next_attempt_at=? WHERE id=? AND role='primary' AND state='queued'`),
     retryAllNow: db.prepare(`UPDATE messages SET next_attempt_at=? WHERE role='primary' AND state='queued' AND next_attempt_at>?`),
+    rcptFailPending: db.prepare(`UPDATE recipients SET state='failed', last_error=? WHERE message_id=? AND state='pending'`),
+    requeueNow: db.prepare(`UPDATE messages SET state='queued', next_attempt_at=? WHERE id=? AND role='primary' AND state IN ('queued','held')`),
     deferredIds: db.prepare(
       `SELECT id FROM messages WHERE role='primary' AND state IN ('queued','held') AND attempts>0 AND last_error IS NOT NULL ORDER BY received_at`,
     ),

@@ -55,6 +55,7 @@ export const WRITES = [
   'retryNow',
   'retryAllNow',
   'deletePrimary',
+  'failForBounce',
 ] as const satisfies ReadonlyArray<AsyncMethod>;
 
 /** Methods of Spool that only read: they run on the caller's thread, on the read-only connection. */
@@ -79,6 +80,9 @@ export const READS = [
   'detail',
   'queueStats',
   'diskBytes',
+  'browse',
+  'queueCounts',
+  'topErrors',
   // the SQLite backup API only reads its source
   'backup',
 ] as const satisfies ReadonlyArray<keyof Spool>;
