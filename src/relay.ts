@@ -132,15 +132,14 @@ export class Relay {
   static async start(cfg: Config, opts: { log?: Logger } = {}): Promise<Relay> {
     const log = opts.log ?? createLogger(cfg.node.name, cfg.log.level, undefined, cfg.log.format);
     for (const w of secretFileWarnings(cfg)) log.warn(w, 'secret file is readable by group or others: chmod 600 it');
-    const peerNames = cfg.shadow.peers.map((p) => p.name);
     // writes run on the spool's own thread (spool/thread.ts): fsyncs never stall the loop;
     // recovery runs there when it opens the spool
     const spool = await ThreadedSpool.openThreaded(
       cfg.node.dataDir,
       { node: cfg.node.name, busyTimeoutMs: cfg.spool.busyTimeoutMs, maxSizeBytes: cfg.spool.maxSizeBytes },
-      { recoverPeers: peerNames, onFatal: (err) => log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart') },
+      { onFatal: (err) => log.error({ err: err.message }, 'spool writer thread stopped: every write fails until restart') },
     );
-    const recovered = spool.recover(peerNames);
+    const recovered = spool.recover();
     log.info({ spool: spool.file, incarnation: spool.incarnation, ...recovered, ...spool.counts() }, 'spool opened');
 
     const metrics = new Metrics(cfg.node.name);
@@ -171,6 +170,7 @@ export class Relay {
       peerNames: () => shadow.peers().map((p) => p.name),
       log,
       onAccepted: deliveryDue.ring,
+      promoteAfterMs: cfg.shadow.promoteAfterMs,
       metrics,
     });
     const delivery = new DeliveryWorker({
@@ -243,6 +243,8 @@ export class Relay {
     });
 
     const shadowAddr = await shadow.start();
+    // copies an earlier run left without their accepted mark: read before SMTP makes new ones
+    void acceptor.settleInDoubt();
     const smtpAddr = await smtp.listen(cfg.smtp.listen);
     const adminAddr = await admin.listen(cfg.admin.listen);
     const addresses: RelayAddresses = { smtp: smtpAddr, shadow: shadowAddr, admin: adminAddr };

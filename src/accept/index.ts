@@ -1,7 +1,14 @@
 /**
  * accept — the acceptance step, the heart of the guarantee:
- *   [spool locally (fsync) ‖ shadow copy confirmed on a peer's disk] → mark accepted (fsync) → 250.
- * (The two writes run in parallel; the 250 needs both.)
+ *   [spool locally (fsync) ‖ shadow copy confirmed on a peer's disk] → 250; then, off the
+ *   reply path, the "accepted" mark (batched with the next spool transaction).
+ * The 250 waits for exactly one fsync on each node: the local write and the peer's, in
+ * parallel. A copy left `spooled` (its mark not yet durable) by a crash is settled at the
+ * next start by asking the peers (`settleInDoubt`): a peer holds it → the 250 was (or may
+ * have been) sent → deliver; no peer holds it → no 250 was sent → drop (the client retries);
+ * no peer can be asked within promoteAfterMs → deliver (a counted duplicate risk: a 4xx is
+ * only ever sent after the local copy was dropped, so a row still spooled was answered 250
+ * or not at all). Degraded accepts (no shadow) and bounces keep their mark on the reply path.
  * If the shadow copy fails, the local copy is dropped and the client gets 451 (it retries);
  * a discard is owed to the peers in case one stored a late copy. With the operator's
  * explicit `onFailure: accept`, the message is accepted without a shadow, logged and counted.
@@ -15,18 +22,21 @@
  * copy look known.
  */
 import type { Logger } from 'pino';
-import type { AcceptSpool, RecipientDiscard } from '../spool/index.js';
+import type { AcceptSpool, InDoubtOutcome, RecipientDiscard } from '../spool/index.js';
 import type { Bounce } from '../delivery/index.js';
 import { reply, HangUp } from '../base/replies.js';
 import type { Resolution } from '../shadow/index.js';
 import type { Envelope, InboundMessage } from '../base/message.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
+import { monotonicMs } from '../base/clock.js';
 
 /** Puts the shadow copy on a peer's disk; resolves with the peer's name (the shadow link). */
 export interface Replicator {
   replicate(m: Envelope): Promise<string>;
   /** settles a copy whose put got no answer (the error's `maybeStoredOn`) */
   resolve?(id: string, peers: string[]): Promise<Resolution>;
+  /** after a restart: which peers hold which of these copies (one round; `answered`: the peers that answered) */
+  whoHolds?(ids: string[]): Promise<{ held: Map<string, string>; answered: string[] }>;
 }
 
 export type OnFailure = 'reject' | 'accept';
@@ -50,13 +60,15 @@ export interface ShadowedAcceptorOptions extends AcceptSettings {
   /** the peers now (the list changes on reload): owed a discard when it is not known which got a copy */
   peerNames: () => string[];
   log: Logger;
-  /** called after the message is durable on two nodes (or degraded-accepted) */
+  /** called once the message is queued for delivery (its accepted mark durable) */
   onAccepted: (id: string) => void;
-  metrics?: Pick<RelayMetrics, 'accepted' | 'refused'>;
+  /** after a restart, how long copies in doubt wait for a peer's answer before they are delivered anyway */
+  promoteAfterMs?: number;
+  metrics?: Pick<RelayMetrics, 'accepted' | 'refused' | 'duplicateRisk'>;
 }
 
 export class ShadowedAcceptor {
-  private readonly metrics: Pick<RelayMetrics, 'accepted' | 'refused'>;
+  private readonly metrics: Pick<RelayMetrics, 'accepted' | 'refused' | 'duplicateRisk'>;
 
   constructor(private readonly o: ShadowedAcceptorOptions) {
     this.metrics = o.metrics ?? noMetrics;
@@ -137,19 +149,100 @@ export class ShadowedAcceptor {
         throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
       }
     }
-    try {
-      await spool.markAccepted(m.id, peer, opts.bounceFor);
-    } catch (err) {
-      this.metrics.refused('storage');
-      await this.drop(m.id, peer ? [peer] : undefined);
-      log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
-      throw reply(452, '4.3.1', 'Insufficient system storage');
+    if (peer === null || opts.bounceFor) {
+      // no peer to ask after a crash (degraded), or a bounce settling other rows: durable first
+      try {
+        await spool.markAccepted(m.id, peer, opts.bounceFor);
+      } catch (err) {
+        this.metrics.refused('storage');
+        await this.drop(m.id, peer ? [peer] : undefined);
+        log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
+        throw reply(452, '4.3.1', 'Insufficient system storage');
+      }
+      this.o.onAccepted(m.id);
+    } else {
+      // two durable copies exist: the 250 is true now; the mark rides in a later transaction
+      this.markLater(m.id, peer);
     }
     const shadowMs = Number(process.hrtime.bigint() - t0) / 1e6;
     this.metrics.accepted(peer === null ? null : shadowMs / 1000);
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, shadowPeer: peer, shadowMs }, 'accepted');
-    this.o.onAccepted(m.id);
     return `2.0.0 Ok: queued as ${m.id}`;
+  }
+
+  /** The accepted mark off the reply path; on a storage error retried (a restart would settle it with the peer). */
+  private markLater(id: string, peer: string): void {
+    const { spool, log } = this.o;
+    void (async () => {
+      for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {
+        try {
+          await spool.markAccepted(id, peer);
+          this.o.onAccepted(id);
+          return;
+        } catch (e) {
+          if (spool.isClosed) return;
+          log.error({ id, err: (e as Error).message }, 'could not mark the message accepted; retrying');
+        }
+        await new Promise((r) => setTimeout(r, wait).unref());
+      }
+    })();
+  }
+
+  /**
+   * After a restart, before SMTP listens: settles the primaries an earlier run left
+   * `spooled` (see the summary above). Asks the peers until each copy is settled; runs in
+   * the background. Resolves when all are settled (tests), or the spool closed.
+   */
+  async settleInDoubt(): Promise<void> {
+    const { spool, log, replicator } = this.o;
+    let open = spool.inDoubt();
+    if (open.length === 0) return;
+    const peers = this.o.peerNames();
+    const started = monotonicMs();
+    const patience = this.o.promoteAfterMs ?? 60000;
+    log.warn({ count: open.length, peers }, 'copies in doubt after a restart (accepted mark not durable): asking the peers whether they hold them');
+    for (let wait = 100; open.length > 0; wait = Math.min(wait * 2, 2000)) {
+      const answer = replicator.whoHolds ? await replicator.whoHolds(open) : { held: new Map<string, string>(), answered: [] };
+      const allAnswered = peers.every((p) => answer.answered.includes(p));
+      const giveUp = monotonicMs() - started >= patience;
+      const items: InDoubtOutcome[] = [];
+      for (const id of open) {
+        const holder = answer.held.get(id);
+        if (holder) items.push({ id, outcome: { held: holder } });
+        else if (allAnswered) items.push({ id, outcome: 'absent' });
+        else if (giveUp) items.push({ id, outcome: 'unanswered' });
+      }
+      if (items.length) {
+        let done: { queued: string[]; dropped: string[] };
+        try {
+          done = await spool.settleInDoubt(items, peers);
+        } catch (e) {
+          if (spool.isClosed) return;
+          log.error({ err: (e as Error).message }, 'could not settle the copies in doubt; retrying');
+          await new Promise((r) => setTimeout(r, wait).unref());
+          continue;
+        }
+        const changed = new Set([...done.queued, ...done.dropped]);
+        // a row already gone (a reconcile dropped what the peer promoted) needs nothing more
+        for (const { id, outcome } of items.filter((i) => changed.has(i.id))) {
+          if (outcome === 'absent') {
+            log.info({ id }, 'dropped: in doubt after a restart, and no peer holds the shadow copy (no 250 was sent)');
+            continue;
+          }
+          if (outcome === 'unanswered') {
+            this.metrics.duplicateRisk('delivered_in_doubt');
+            log.warn({ id, waitedMs: Math.round(monotonicMs() - started) }, 'queued without an answer: in doubt after a restart and no peer could be asked within promoteAfterMs (may be delivered twice)');
+          } else {
+            log.info({ id, shadowPeer: outcome.held }, 'queued: in doubt after a restart, and the peer holds the shadow copy');
+          }
+          this.o.onAccepted(id);
+        }
+        const settled = new Set(items.map((i) => i.id));
+        open = open.filter((id) => !settled.has(id));
+      }
+      if (open.length === 0 || spool.isClosed) return;
+      await new Promise((r) => setTimeout(r, wait).unref());
+    }
   }
 
   /**

@@ -34,7 +34,8 @@ export type DeferralReason =
 /** Kinds of the unavoidable duplicate windows (DESIGN invariant 5). */
 export type DuplicateRiskKind =
   | 'promoted_after_delivery' // the peer promoted a copy the primary may have delivered
-  | 'delivered_without_reconcile'; // a restarted node gave up waiting for its peer's reconcile
+  | 'delivered_without_reconcile' // a restarted node gave up waiting for its peer's reconcile
+  | 'delivered_in_doubt'; // a restarted node could not ask its peers about a copy left without its accepted mark
 
 /** What became of a bounce this node tried to send. */
 export type BounceResult = 'queued' | 'deferred' | 'suppressed';

@@ -140,6 +140,8 @@ export interface ReplicateOptions {
 }
 
 const DISCARD_BATCH = 500;
+/** ids per resolve request after a restart (the server takes up to 10000) */
+const RESOLVE_BATCH = 1000;
 const DISCARD_INTERVAL_MS = 1000;
 /** how long a pump request waits for more discards to join it */
 const DISCARD_DELAY_MS = 50;
@@ -544,6 +546,30 @@ export class ShadowLink {
       await new Promise((r) => setTimeout(r, 100));
     }
     return 'unknown';
+  }
+
+  /**
+   * After a restart: asks every peer which of these copies it holds (`/v1/resolve`, which
+   * also makes a peer refuse late copies of the others). One round: `answered` names the
+   * peers that answered; a copy held by none of them stays open if some peer did not.
+   */
+  async whoHolds(ids: string[]): Promise<{ held: Map<string, string>; answered: string[] }> {
+    const held = new Map<string, string>();
+    const answered: string[] = [];
+    await Promise.all(
+      [...this.clients.values()].map(async (c) => {
+        try {
+          for (let i = 0; i < ids.length; i += RESOLVE_BATCH) {
+            for (const id of await c.resolve(ids.slice(i, i + RESOLVE_BATCH), this.o.timeoutMs)) held.set(id, c.name);
+          }
+          this.contact(c.name, null);
+          answered.push(c.name);
+        } catch (e) {
+          this.failed(c.name, e as Error);
+        }
+      }),
+    );
+    return { held, answered };
   }
 
   /** Asks the pump to send owed discards soon (coalesced). */

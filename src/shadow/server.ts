@@ -258,7 +258,8 @@ export class ShadowServer {
         const key = `${peer} ${id}`;
         await this.storing.get(key);
         const m = spool.get(id);
-        if (m && m.origin === peer) held.push(id);
+        // a copy promoted here (even delivered already) was held: the primary's reconcile settles it
+        if ((m && m.origin === peer) || spool.isPromoted(peer, id)) held.push(id);
         else this.refuseLaterCopies(key);
       }
       this.o.log.info({ peer, ids, held }, 'resolve: told the primary which doubtful copies are held');

@@ -1,8 +1,22 @@
 /**
  * The group-commit engine: the writes issued in one event-loop turn run in one transaction
  * (one fsync), each in a savepoint of its own; a write resolves only once it is durable.
+ *
+ * Bookkeeping writes (`lazy`: an accepted mark, a delivery outcome, a confirmed discard —
+ * nobody waits on them for a reply) do not start a transaction of their own: they ride in
+ * the next one a reply-path write starts, or, when none comes, in one of their own after
+ * `lazyDelayMs`. Under load that takes them off the fsync count entirely; serially it makes
+ * the message's own spool write the only fsync on its reply path. Order is kept: a batch
+ * runs its writes in the order they were issued, lazy or not.
  */
 import type Database from 'better-sqlite3';
+
+/** How long a bookkeeping write waits for a transaction to join before it starts its own. */
+// longer than the gap between two messages of one serial sender (so a message's mark and
+// outcome ride in the next message's write), short enough that a kill -9 of an idle node
+// re-sends few delivered messages whose outcome had not committed yet (under load they
+// commit within one fsync anyway)
+export const LAZY_DELAY_MS = 50;
 
 interface Pending {
   fn: () => unknown;
@@ -13,20 +27,30 @@ interface Pending {
 export class GroupCommit {
   private pending: Pending[] = [];
   private scheduled = false;
+  private lazyTimer: NodeJS.Timeout | undefined;
   private closed = false;
+  /** transactions committed so far (tests and the fsync accounting read it) */
+  commits = 0;
 
-  constructor(private readonly db: Database.Database) {}
+  constructor(
+    private readonly db: Database.Database,
+    private readonly lazyDelayMs = LAZY_DELAY_MS,
+  ) {}
 
   get isClosed(): boolean {
     return this.closed;
   }
 
-  /** Runs `fn` in the next group commit; resolves once it is durable. */
-  write<T>(fn: () => T): Promise<T> {
+  /**
+   * Runs `fn` in the next group commit; resolves once it is durable. `lazy`: the write may
+   * wait up to lazyDelayMs for a transaction that another write starts.
+   */
+  write<T>(fn: () => T, lazy = false): Promise<T> {
     if (this.closed) return Promise.reject(new Error('spool is closed'));
     return new Promise<T>((resolve, reject) => {
       this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
-      this.schedule();
+      if (lazy) this.scheduleLazy();
+      else this.schedule();
     });
   }
 
@@ -37,8 +61,19 @@ export class GroupCommit {
     }
   }
 
+  private scheduleLazy(): void {
+    if (this.scheduled || this.lazyTimer) return;
+    this.lazyTimer = setTimeout(() => {
+      this.lazyTimer = undefined;
+      this.schedule();
+    }, this.lazyDelayMs);
+  }
+
   private flush(): void {
     this.scheduled = false;
+    // the lazy writes waiting go into this transaction
+    clearTimeout(this.lazyTimer);
+    this.lazyTimer = undefined;
     const batch = this.pending;
     this.pending = [];
     if (batch.length === 0) return;
@@ -64,6 +99,7 @@ export class GroupCommit {
           }
         })
         .immediate();
+      this.commits++;
     } catch (e) {
       if (culprit >= 0) {
         batch[culprit]!.reject(e);
@@ -88,6 +124,8 @@ export class GroupCommit {
    */
   async close(): Promise<void> {
     if (this.closed) return;
+    clearTimeout(this.lazyTimer);
+    this.lazyTimer = undefined;
     if (this.pending.length) await new Promise<void>((r) => setImmediate(r));
     // a batch SQLite rolled back is re-queued; each round settles at least one write
     while (this.pending.length) this.flush();

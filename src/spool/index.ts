@@ -48,6 +48,7 @@ import type { BrowsePage, BrowseQuery, ErrorGroup, QueueCounts } from './browse.
 import type {
   AttemptResult,
   DiscardResult,
+  InDoubtOutcome,
   MessageDetail,
   MessageSummary,
   MessageWithBody,
@@ -83,6 +84,7 @@ export type {
   SpoolOptions,
   WritableSpoolOptions,
   TransferredMessage,
+  InDoubtOutcome,
 } from './types.js';
 export { MIGRATIONS } from './schema.js';
 export { BROWSE_STATES, type BrowseState, type BrowseQuery, type BrowsePage, type QueueCounts, type ErrorGroup } from './browse.js';
@@ -111,8 +113,13 @@ export class Spool {
    * Runs `fn` in the next group commit; resolves once it is durable. Protected: ThreadedSpool
    * refuses it on its read-only connection (its writes run in the writer thread).
    */
-  protected write<T>(fn: () => T): Promise<T> {
-    return this.commits.write(fn);
+  protected write<T>(fn: () => T, lazy = false): Promise<T> {
+    return this.commits.write(fn, lazy);
+  }
+
+  /** Bookkeeping: nobody waits on it for a reply, so it joins the next transaction (commit.ts). */
+  protected later<T>(fn: () => T): Promise<T> {
+    return this.write(fn, true);
   }
 
   // ---- primary side (primary.ts) -------------------------------------------------
@@ -126,14 +133,18 @@ export class Spool {
    * The shadow copy is confirmed (or degraded policy): the message is ours to deliver.
    * `bounceFor`: this message is the bounce for these failed recipients of another message;
    * they are marked reported in the same transaction (no lost and no double bounce).
+   * With a shadow peer and no bounceFor, the mark is bookkeeping (batched, off the reply
+   * path): a restart settles a copy left without it by asking the peer (settleInDoubt).
+   * Degraded accepts and bounces have nobody to ask or settle more than the message: their
+   * mark is durable before the 250.
    */
   markAccepted(id: string, shadowPeer: string | null, bounceFor?: RecipientDiscard): Promise<void> {
-    return this.write(() => primary.markAccepted(this.c, id, shadowPeer, bounceFor));
+    return this.write(() => primary.markAccepted(this.c, id, shadowPeer, bounceFor), shadowPeer !== null && !bounceFor);
   }
 
   /** Failed recipients that need no bounce (null sender): mark them reported. */
   settleFailures(id: string, idxs: number[]): Promise<{ purged: boolean }> {
-    return this.write(() => primary.settleFailures(this.c, id, idxs));
+    return this.later(() => primary.settleFailures(this.c, id, idxs));
   }
 
   /**
@@ -150,12 +161,13 @@ export class Spool {
    * recipients, or a bounce still to be accepted) and owes the peer recipient discards.
    */
   recordAttempt(id: string, outcomes: RecipientOutcome[], nextAttemptAt: number, error: string | null): Promise<AttemptResult> {
-    return this.write(() => primary.recordAttempt(this.c, id, outcomes, nextAttemptAt, error));
+    // a crash before this commits re-sends the message after restart (a counted duplicate window)
+    return this.later(() => primary.recordAttempt(this.c, id, outcomes, nextAttemptAt, error));
   }
 
   /** Moves the next attempt of a message (e.g. a bounce that could not be accepted yet). */
   deferUntil(id: string, at: number): Promise<void> {
-    return this.write(() => primary.deferUntil(this.c, id, at));
+    return this.later(() => primary.deferUntil(this.c, id, at));
   }
 
   /**
@@ -238,7 +250,7 @@ export class Spool {
    * report a duplicate when this node had already delivered (some of) it.
    */
   purgeShadows(origin: string, ids: string[]): Promise<DiscardResult> {
-    return this.write(() => shadows.purgeShadows(this.c, origin, ids));
+    return this.later(() => shadows.purgeShadows(this.c, origin, ids));
   }
 
   /**
@@ -246,7 +258,7 @@ export class Spool {
    * deliver them again. Applies to shadow copies and to copies this node promoted.
    */
   shadowRecipientsDone(origin: string, items: RecipientDiscard[]): Promise<{ applied: number; duplicates: string[] }> {
-    return this.write(() => shadows.shadowRecipientsDone(this.c, origin, items));
+    return this.later(() => shadows.shadowRecipientsDone(this.c, origin, items));
   }
 
   /**
@@ -257,6 +269,11 @@ export class Spool {
    */
   promoteShadows(origin: string, now: number, exceptIncarnation?: string): Promise<{ promoted: PromotedMessage[]; emptied: string[] }> {
     return this.write(() => shadows.promoteShadows(this.c, origin, now, exceptIncarnation));
+  }
+
+  /** This node promoted `origin`'s copy `id` and its origin has not reconciled it yet. */
+  isPromoted(origin: string, id: string): boolean {
+    return shadows.isPromoted(this.c, origin, id);
   }
 
   hasShadowsFrom(origin: string): boolean {
@@ -284,12 +301,12 @@ export class Spool {
 
   /** The origin has dropped its copies of these promoted ids: forget the records. */
   forgetPromoted(origin: string, ids: string[]): Promise<number> {
-    return this.write(() => shadows.forgetPromoted(this.c, origin, ids));
+    return this.later(() => shadows.forgetPromoted(this.c, origin, ids));
   }
 
   /** Drops promotion records older than `before` (the origin never came back). */
   prunePromoted(before: number): Promise<number> {
-    return this.write(() => shadows.prunePromoted(this.c, before));
+    return this.later(() => shadows.prunePromoted(this.c, before));
   }
 
   /**
@@ -302,7 +319,7 @@ export class Spool {
 
   /** Drops shadow copies only (orphans, expired copies); returns the ids dropped. */
   dropShadows(origin: string, ids: string[]): Promise<string[]> {
-    return this.write(() => shadows.dropShadows(this.c, origin, ids));
+    return this.later(() => shadows.dropShadows(this.c, origin, ids));
   }
 
   /** Shadow copies of `origin` received before `before` (maximum shadow age), oldest first. */
@@ -317,7 +334,7 @@ export class Spool {
   }
 
   discardsConfirmed(peer: string, ids: string[]): Promise<void> {
-    return this.write(() => outbox.discardsConfirmed(this.c, peer, ids));
+    return this.later(() => outbox.discardsConfirmed(this.c, peer, ids));
   }
 
   /** Recipient-level discards owed to `peer`, grouped by message. */
@@ -326,7 +343,7 @@ export class Spool {
   }
 
   recipientDiscardsConfirmed(peer: string, items: RecipientDiscard[]): Promise<void> {
-    return this.write(() => outbox.recipientDiscardsConfirmed(this.c, peer, items));
+    return this.later(() => outbox.recipientDiscardsConfirmed(this.c, peer, items));
   }
 
   /** Discards (whole-message and recipient-level) not yet confirmed by peers. */
@@ -387,12 +404,27 @@ export class Spool {
   // ---- recovery and inspection (inspect.ts) --------------------------------------
 
   /**
-   * Start-up recovery: primaries that were spooled but never acknowledged are dropped (the
-   * client saw no 250 and will retry), and a discard is owed to each peer in case one stored
-   * the copy. Runs synchronously before anything else uses the spool.
+   * Start-up recovery: counts the primaries left `spooled` — in doubt: their client got a
+   * 250 whose mark had not committed yet, or no reply at all (a 4xx is sent only after the
+   * copy is dropped). They stay until settleInDoubt, after the peers were asked.
    */
-  recover(peers: string[] = []): { droppedUnacked: number } {
-    return inspect.recover(this.c, peers);
+  recover(): { inDoubt: number } {
+    return inspect.recover(this.c);
+  }
+
+  /** Primaries left `spooled` by an earlier run (read at start, before SMTP listens). */
+  inDoubt(): string[] {
+    return primary.inDoubt(this.c);
+  }
+
+  /**
+   * Settles primaries in doubt: `held` by a peer → queued, shadowed there (its 250 may have
+   * been sent); `absent` from every peer → dropped (no 250 was sent: the client retries);
+   * `unanswered` (no peer could be asked in time) → queued without a shadow peer, a discard
+   * owed to each of `peers` in case one holds it. Rows no longer spooled are left alone.
+   */
+  settleInDoubt(items: InDoubtOutcome[], peers: string[]): Promise<{ queued: string[]; dropped: string[] }> {
+    return this.write(() => primary.settleInDoubt(this.c, items, peers));
   }
 
   get(id: string): MessageSummary | undefined {
@@ -454,7 +486,7 @@ export class Spool {
 // A part is handed only its slice, so what it can do to the spool is visible in its options.
 
 /** The accept path (core/accept.ts): spool a new message, then accept or drop it. */
-export interface AcceptSpool extends Pick<Spool, 'spoolPrimary' | 'markAccepted' | 'dropUnacked' | 'isClosed'> {}
+export interface AcceptSpool extends Pick<Spool, 'spoolPrimary' | 'markAccepted' | 'dropUnacked' | 'inDoubt' | 'settleInDoubt' | 'isClosed'> {}
 
 /** The delivery worker (delivery/): due messages, attempt outcomes, bounces settled. */
 export interface DeliverySpool
@@ -462,7 +494,8 @@ export interface DeliverySpool
 
 /** The replication server (shadow/server.ts): stores the peers' copies. */
 // get: a resolve after a put that got no answer looks up whether the copy is here
-export interface ServerSpool extends Pick<Spool, 'storeShadow' | 'incarnation' | 'get'> {}
+// isPromoted: a copy this node promoted (and maybe delivered) is still its responsibility
+export interface ServerSpool extends Pick<Spool, 'storeShadow' | 'incarnation' | 'get' | 'isPromoted'> {}
 
 /** Failover (shadow/failover.ts): discards applied, promotion, reconcile, orphan and age checks. */
 export interface FailoverSpool

@@ -16,17 +16,9 @@ import type {
   SpoolContext,
 } from './types.js';
 
-/** Synchronous, in a transaction of its own: it runs before the group commit has any work. */
-export function recover(c: SpoolContext, peers: string[]): { droppedUnacked: number } {
-  const n = c.db.transaction(() => {
-    const now = Date.now();
-    // a peer may have stored the copy before this node died
-    for (const { id } of c.st.spooledIds.all() as Array<{ id: string }>) {
-      for (const p of peers) c.st.outboxAdd.run(p, id, now);
-    }
-    return c.st.dropSpooled.run().changes;
-  })();
-  return { droppedUnacked: n };
+/** Runs before anything else uses the spool; the rows it finds are settled by asking the peers. */
+export function recover(c: SpoolContext): { inDoubt: number } {
+  return { inDoubt: (c.st.spooledIds.all() as unknown[]).length };
 }
 
 export function get(c: SpoolContext, id: string): MessageSummary | undefined {

@@ -4,6 +4,7 @@
  */
 import type {
   AttemptResult,
+  InDoubtOutcome,
   MessageRow,
   MessageState,
   NewMessage,
@@ -145,4 +146,29 @@ export function knownPrimaries(c: SpoolContext, ids: string[], asker?: string): 
 export function oweDiscards(c: SpoolContext, peer: string, ids: string[]): void {
   const now = Date.now();
   for (const id of ids) c.st.outboxAdd.run(peer, id, now);
+}
+
+export function inDoubt(c: SpoolContext): string[] {
+  return (c.st.spooledIds.all() as Array<{ id: string }>).map((r) => r.id);
+}
+
+export function settleInDoubt(c: SpoolContext, items: InDoubtOutcome[], peers: string[]): { queued: string[]; dropped: string[] } {
+  const queued: string[] = [];
+  const dropped: string[] = [];
+  const now = Date.now();
+  for (const { id, outcome } of items) {
+    if (outcome === 'absent') {
+      // every peer said it holds no copy (and refuses a late one): no 250 was sent
+      if (c.st.deleteSpooled.run(id).changes) dropped.push(id);
+    } else if (outcome === 'unanswered') {
+      if (c.st.queueSpooled.run(null, id).changes) {
+        queued.push(id);
+        // a peer that could not be asked may hold a copy: it must not promote it later
+        for (const p of peers) c.st.outboxAdd.run(p, id, now);
+      }
+    } else if (c.st.queueSpooled.run(outcome.held, id).changes) {
+      queued.push(id);
+    }
+  }
+  return { queued, dropped };
 }

@@ -94,6 +94,12 @@ export function openDatabase(dataDir: string, opts: SpoolOptions): { db: Databas
   // the last commits on power loss; our 250 promises durability.
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
+  if (opts.externalCheckpoints) {
+    // 64 MB of log before this connection checkpoints itself (normally never: checkpointer.ts
+    // keeps it short), and the log file cut back to that size when it restarts
+    db.pragma('wal_autocheckpoint = 16384');
+    db.pragma('journal_size_limit = 67108864');
+  }
   busyTimeout(db, opts.busyTimeoutMs);
   return { db, file };
 }

@@ -122,3 +122,7 @@ export function oldShadows(c: SpoolContext, origin: string, before: number, limi
     (r) => ({ id: r.id, origin, originIncarnation: r.origin_incarnation, receivedAt: r.received_at }),
   );
 }
+
+export function isPromoted(c: SpoolContext, origin: string, id: string): boolean {
+  return c.st.promotedGet.get(origin, id) !== undefined;
+}

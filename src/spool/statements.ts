@@ -16,6 +16,7 @@ export function prepareStatements(db: Database.Database) {
     exists: db.prepare(`SELECT role, origin FROM messages WHERE id=?`),
     setState: db.prepare(`UPDATE messages SET state=?, shadow_peer=? WHERE id=? AND role='primary'`),
     deleteMsg: db.prepare(`DELETE FROM messages WHERE id=?`),
+    queueSpooled: db.prepare(`UPDATE messages SET state='queued', shadow_peer=? WHERE id=? AND role='primary' AND state='spooled'`),
     deleteSpooled: db.prepare(`DELETE FROM messages WHERE id=? AND role='primary' AND state='spooled'`),
     deleteShadow: db.prepare(`DELETE FROM messages WHERE id=? AND role='shadow' AND origin=?`),
     rcptUpdate: db.prepare(`UPDATE recipients SET state=?, last_error=? WHERE message_id=? AND idx=? AND state='pending'`),
@@ -71,7 +72,7 @@ export function prepareStatements(db: Database.Database) {
     promotedDropStale: db.prepare(`DELETE FROM promoted WHERE origin=? AND origin_incarnation<>?`),
     promotedPrune: db.prepare(`DELETE FROM promoted WHERE promoted_at<?`),
     dropOwnPromoted: db.prepare(
-      `DELETE FROM messages WHERE id=? AND role='primary' AND origin=? AND shadow_peer=? AND state IN ('queued','held')`,
+      `DELETE FROM messages WHERE id=? AND role='primary' AND origin=? AND (shadow_peer=? OR state='spooled') AND state IN ('queued','held','spooled')`,
     ),
     knownPrimary: db.prepare(`SELECT 1 AS x FROM messages WHERE id=? AND role='primary' AND origin=?`),
     // the orphan check of a holder: a copy is known when its primary says the holder is its
@@ -106,7 +107,6 @@ export function prepareStatements(db: Database.Database) {
     outboxDel: db.prepare(`DELETE FROM outbox WHERE peer=? AND message_id=?`),
     outboxCount: db.prepare(`SELECT COUNT(*) AS n FROM outbox`),
     spooledIds: db.prepare(`SELECT id FROM messages WHERE role='primary' AND state='spooled'`),
-    dropSpooled: db.prepare(`DELETE FROM messages WHERE role='primary' AND state='spooled'`),
     // operator actions (queue tools)
     hold: db.prepare(`UPDATE messages SET state='held' WHERE id=? AND role='primary' AND state='queued'`),
     release: db.prepare(`UPDATE messages SET state='queued', next_attempt_at=? WHERE id=? AND role='primary' AND state='held'`),

@@ -34,6 +34,7 @@ type AsyncMethod = { [K in keyof Spool]: Spool[K] extends (...a: never[]) => Pro
 export const WRITES = [
   'spoolPrimary',
   'markAccepted',
+  'settleInDoubt',
   'settleFailures',
   'dropUnacked',
   'recordAttempt',
@@ -63,6 +64,7 @@ export const WRITES = [
 
 /** Methods of Spool that only read: they run on the caller's thread, on the read-only connection. */
 export const READS = [
+  'inDoubt',
   'due',
   'nextDueAt',
   'knownPrimaries',
@@ -70,6 +72,7 @@ export const READS = [
   'shadowOrigins',
   'drainPrimaries',
   'drainShadows',
+  'isPromoted',
   'shadowIncarnations',
   'shadowsToVerify',
   'oldShadows',
@@ -141,13 +144,13 @@ export function fromWire(w: WireError): Error {
  * worker thread can only run the compiled JavaScript: use the build's copy then (`npm test`
  * builds first).
  */
-function writerFile(): string {
+function workerFile(name: 'writer' | 'checkpointer'): string {
   const here = fileURLToPath(import.meta.url);
   if (here.endsWith('.ts')) {
     const root = path.resolve(path.dirname(here), '..', '..');
-    return path.join(root, 'dist', 'spool', 'writer.js');
+    return path.join(root, 'dist', 'spool', `${name}.js`);
   }
-  return path.join(path.dirname(here), 'writer.js');
+  return path.join(path.dirname(here), `${name}.js`);
 }
 
 interface Waiter {
@@ -160,16 +163,19 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
   private seq = 0;
   private dead: Error | undefined;
   private stopping: Promise<void> | undefined;
+  private checkpointerAlive = true;
 
   private constructor(
     db: Database.Database,
     file: string,
     opts: WritableSpoolOptions,
     private readonly worker: Worker,
+    private readonly checkpointer: Worker,
     private readonly recovered: ReturnType<Spool['recover']>,
     onFatal: (err: Error) => void,
   ) {
     super(db, file, { ...opts, readonly: true });
+    checkpointer.once('exit', () => (this.checkpointerAlive = false));
     // own properties: they take the place of Spool's write methods on this instance
     Object.assign(this, forwarders((method, args) => this.forward(method, args)));
     worker.on('message', (m: WriterReply) => {
@@ -192,17 +198,19 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
   }
 
   /**
-   * Starts the writer thread (it opens the spool, migrates it and runs recovery, owing
-   * `recoverPeers` discards for what it drops), then opens the read-only connection.
+   * Starts the writer thread (it opens the spool, migrates it and runs recovery), then opens
+   * the read-only connection.
    * `onFatal` hears of a writer thread that died (every write fails from then on).
    */
   static async openThreaded(
     dataDir: string,
     opts: WritableSpoolOptions,
-    o: { recoverPeers?: string[]; onFatal?: (err: Error) => void } = {},
+    o: { onFatal?: (err: Error) => void } = {},
   ): Promise<ThreadedSpool> {
     const onFatal = o.onFatal ?? (() => {});
-    const worker = new Worker(writerFile(), { workerData: { dataDir, opts, recoverPeers: o.recoverPeers ?? [] } });
+    // checkpoints run on a thread of their own (checkpointer.ts): off every commit's path
+    opts = { ...opts, externalCheckpoints: true };
+    const worker = new Worker(workerFile('writer'), { workerData: { dataDir, opts } });
     const ready = await new Promise<ReturnType<Spool['recover']>>((resolve, reject) => {
       const onMessage = (m: WriterReply) => {
         if (m.type === 'ready') resolve(m.recovered);
@@ -220,7 +228,11 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
     const file = path.join(dataDir, 'spool.db');
     const db = new Database(file, { readonly: true, fileMustExist: true });
     busyTimeout(db, opts.busyTimeoutMs);
-    return new ThreadedSpool(db, file, opts, worker, ready, onFatal);
+    const checkpointer = new Worker(workerFile('checkpointer'), { workerData: { file, busyTimeoutMs: opts.busyTimeoutMs } });
+    // a checkpointer that fails leaves the writer's own (rarer) checkpoints: nothing is lost
+    checkpointer.on('error', () => undefined);
+    checkpointer.unref();
+    return new ThreadedSpool(db, file, opts, worker, checkpointer, ready, onFatal);
   }
 
   private forward(method: WriteName, args: unknown[]): Promise<unknown> {
@@ -239,13 +251,21 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
   }
 
   /** Recovery ran in the writer thread when it opened the spool; this is its result. */
-  override recover(..._peers: Parameters<Spool['recover']>): ReturnType<Spool['recover']> {
+  override recover(): ReturnType<Spool['recover']> {
     return this.recovered;
   }
 
   /** Lets the writer finish what it was given, stops it, closes the read connection. */
   override close(): Promise<void> {
     this.stopping ??= (async () => {
+      if (this.checkpointerAlive) {
+        await new Promise<void>((resolve) => {
+          this.checkpointer.once('exit', () => resolve());
+          this.checkpointer.once('message', () => resolve());
+          this.checkpointer.postMessage({ type: 'close' });
+        });
+      }
+      await this.checkpointer.terminate();
       if (!this.dead) {
         const closed = new Promise<void>((resolve) => {
           const onMessage = (m: WriterReply) => {

@@ -108,6 +108,12 @@ export interface ShadowRef {
   receivedAt: number;
 }
 
+/** What the peers said about a primary left `spooled` by an earlier run. */
+export interface InDoubtOutcome {
+  id: string;
+  outcome: { held: string } | 'absent' | 'unanswered';
+}
+
 export interface RecipientDiscard {
   id: string;
   idx: number[];
@@ -135,6 +141,8 @@ export interface WritableSpoolOptions extends CommonSpoolOptions {
    * loop stalls), so keep it short.
    */
   busyTimeoutMs: number;
+  /** another connection checkpoints the WAL (the daemon's checkpointer thread): this one only as a safety net */
+  externalCheckpoints?: boolean;
 }
 
 /** A `messages` row as the statements select it (without client, incarnation and body). */

@@ -8,7 +8,7 @@ import { Spool, type WritableSpoolOptions } from './index.js';
 import { toWire, WRITES, type WriterReply, type WriterRequest } from './thread.js';
 
 const port = parentPort!;
-const { dataDir, opts, recoverPeers } = workerData as { dataDir: string; opts: WritableSpoolOptions; recoverPeers: string[] };
+const { dataDir, opts } = workerData as { dataDir: string; opts: WritableSpoolOptions };
 const allowed = new Set<string>(WRITES);
 
 /** Structured clone turns Buffers into plain Uint8Arrays; SQLite binds Buffers. */
@@ -27,7 +27,7 @@ const send = (m: WriterReply) => port.postMessage(m);
 let spool: Spool;
 try {
   spool = Spool.open(dataDir, { ...opts, readonly: false });
-  send({ type: 'ready', recovered: spool.recover(recoverPeers) });
+  send({ type: 'ready', recovered: spool.recover() });
 } catch (e) {
   send({ type: 'failed', error: toWire(e) });
   process.exit(1);

@@ -7,6 +7,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Spool, MIGRATIONS } from '../../src/spool/index.js';
+import { GroupCommit } from '../../src/spool/commit.js';
 import { deepMerge } from '../../tools/pair.js';
 import { startPair, send, queueIdOf, waitFor, waitForMetric, tmpDir, type Pair } from '../helpers/index.js';
 
@@ -123,20 +124,58 @@ describe('spool (real SQLite)', () => {
     expect(spool.list().map((m) => m.id)).toEqual(['AAAAAAAA01', 'AAAAAAAA03']);
   });
 
-  it('start-up recovery drops unacknowledged messages and owes every peer a discard for them', async () => {
+  it('start-up recovery keeps messages left without their accepted mark; settleInDoubt queues, drops or queues-and-owes by the peers\' answer', async () => {
     const { dir, cleanup } = tmpDir();
     cleanups.push(cleanup);
     let spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
-    await spool.spoolPrimary(msg('BBBBBBBB01'));
-    await spool.spoolPrimary(msg('BBBBBBBB02'));
-    await spool.markAccepted('BBBBBBBB02', 'peer-x');
+    for (const id of ['BBBBBBBB01', 'BBBBBBBB02', 'BBBBBBBB03', 'BBBBBBBB04']) await spool.spoolPrimary(msg(id));
+    await spool.markAccepted('BBBBBBBB04', 'peer-x');
     await spool.close();
     spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
     cleanups.push(() => spool.close());
-    expect(spool.recover(['peer-x', 'peer-y'])).toEqual({ droppedUnacked: 1 });
-    expect(spool.list().map((m) => [m.id, m.state])).toEqual([['BBBBBBBB02', 'queued']]);
-    expect(spool.owedDiscards('peer-x', 10)).toEqual(['BBBBBBBB01']);
-    expect(spool.owedDiscards('peer-y', 10)).toEqual(['BBBBBBBB01']);
+    expect(spool.recover()).toEqual({ inDoubt: 3 });
+    expect(spool.inDoubt().sort()).toEqual(['BBBBBBBB01', 'BBBBBBBB02', 'BBBBBBBB03']);
+    const r = await spool.settleInDoubt(
+      [
+        { id: 'BBBBBBBB01', outcome: { held: 'peer-x' } },
+        { id: 'BBBBBBBB02', outcome: 'absent' },
+        { id: 'BBBBBBBB03', outcome: 'unanswered' },
+        // no longer in doubt: left alone
+        { id: 'BBBBBBBB04', outcome: 'absent' },
+      ],
+      ['peer-x', 'peer-y'],
+    );
+    expect(r).toEqual({ queued: ['BBBBBBBB01', 'BBBBBBBB03'], dropped: ['BBBBBBBB02'] });
+    expect(spool.list().map((m) => [m.id, m.state, m.shadowPeer])).toEqual([
+      ['BBBBBBBB01', 'queued', 'peer-x'],
+      ['BBBBBBBB03', 'queued', null],
+      ['BBBBBBBB04', 'queued', 'peer-x'],
+    ]);
+    // an unanswered copy may be on a peer: each is owed a discard so none promotes it
+    expect(spool.owedDiscards('peer-x', 10)).toEqual(['BBBBBBBB03']);
+    expect(spool.owedDiscards('peer-y', 10)).toEqual(['BBBBBBBB03']);
+  });
+
+  it('bookkeeping writes ride in the next reply-path transaction: one commit (one fsync) for a spool write and the marks before it', async () => {
+    const { dir, cleanup } = tmpDir();
+    cleanups.push(cleanup);
+    const db = new Database(path.join(dir, 'g.db'));
+    db.pragma('journal_mode = WAL');
+    db.exec('CREATE TABLE t (x INTEGER)');
+    const g = new GroupCommit(db, 200);
+    cleanups.push(() => g.close());
+    const ins = (x: number) => () => db.prepare('INSERT INTO t VALUES (?)').run(x);
+    const lazy = g.write(ins(1), true);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(g.commits, 'a lazy write alone waits for company').toBe(0);
+    await Promise.all([lazy, g.write(ins(2))]);
+    expect(g.commits).toBe(1);
+    expect(db.prepare('SELECT x FROM t ORDER BY rowid').all()).toEqual([{ x: 1 }, { x: 2 }]);
+    // alone, it commits after its delay
+    const t0 = Date.now();
+    await g.write(ins(3), true);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(150);
+    expect(g.commits).toBe(2);
   });
 
   it('migrates a version-1 spool to version 2, keeping its messages and incarnation', async () => {

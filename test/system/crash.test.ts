@@ -8,6 +8,8 @@ import { rmSync } from 'node:fs';
 import { waitFor, send, queueIdOf, waitForLine } from '../helpers/index.js';
 import { startCluster, type Cluster } from '../helpers/cluster.js';
 import { Load, compare, formatFigures, seeded, seedFromEnv, tokenOf } from '../helpers/load.js';
+import { Spool } from '../../src/spool/index.js';
+import { newQueueId } from '../../src/base/ids.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -124,6 +126,8 @@ describe('promotion and reconcile', () => {
     await sleep(1500); // an A that did not hold would deliver now
     b.proc.kill('SIGCONT');
     const rec = await waitForLine(a, (l) => l.msg === 'reconciled with peer', 20000, 'A reconciled');
+    // a message whose accepted mark the kill caught in flight is in doubt: B promoted it, so
+    // B answers that it holds it, and the reconcile drops it like the others
     expect(rec).toMatchObject({ promotedByPeer: 5, dropped: 5 });
     for (const id of ids.values()) expect(a.lines.some((l) => l.msg === 'dropped: the peer promoted and delivers this message' && l.id === id)).toBe(true);
     await waitFor(() => c.spoolTotal('relay-a') === 0 && c.spoolTotal('relay-b') === 0, 30000, 'both spools empty, promotion records forgotten');
@@ -289,4 +293,76 @@ describe('graceful stop', () => {
     // SIGINT stops a node the same way
     expect(await c.kill('relay-a', 'SIGINT')).toBe(0);
   }, 120000);
+});
+
+describe('restart with copies in doubt (the accepted mark is off the reply path)', () => {
+  /** A message as the spool holds it, tagged with a token the sink can see. */
+  const message = (token: string) => ({
+    id: newQueueId(),
+    sender: 'load@example.test',
+    recipients: ['sink@example.test'],
+    body: Buffer.from(`From: load@example.test\r\nSubject: load ${token}\r\nMessage-ID: <${token}@t>\r\n\r\nx\r\n`),
+    receivedAt: Date.now(),
+    client: '127.0.0.1',
+  });
+
+  /**
+   * Leaves in A's stopped spool what a kill -9 between the 250 and its mark leaves: rows
+   * still `spooled`; `onB` of them also stored on B as A's shadow copies.
+   */
+  async function crashState(c: Cluster, tokens: string[], onB: string[]): Promise<Map<string, string>> {
+    const a = Spool.open(c.dataDir('relay-a'), { node: 'relay-a', busyTimeoutMs: 1000 });
+    const b = Spool.open(c.dataDir('relay-b'), { node: 'relay-b', busyTimeoutMs: 1000 });
+    const ids = new Map<string, string>();
+    try {
+      for (const t of tokens) {
+        const m = message(t);
+        ids.set(t, m.id);
+        await a.spoolPrimary(m);
+        if (onB.includes(t)) await b.storeShadow({ ...m, origin: 'relay-a', originIncarnation: a.incarnation });
+      }
+    } finally {
+      await a.close();
+      await b.close();
+    }
+    return ids;
+  }
+
+  it('a copy the peer holds is delivered once; a copy no peer holds is dropped, never delivered', async () => {
+    const c = await cluster();
+    // both spools exist (A's incarnation is made on its first start)
+    await c.start('relay-b');
+    await c.start('relay-a');
+    await c.kill('relay-a', 'SIGTERM');
+    await c.kill('relay-b', 'SIGTERM');
+    const ids = await crashState(c, ['held1', 'held2', 'gone1'], ['held1', 'held2']);
+    await c.start('relay-b');
+    const a = await c.start('relay-a');
+    await waitFor(() => deliveries(c).size === 2 && c.spoolTotal('relay-a') === 0 && c.spoolTotal('relay-b') === 0, 30000, 'the two held copies delivered, both spools empty');
+    await sleep(500);
+    expect(Object.fromEntries(deliveries(c))).toEqual({ held1: 1, held2: 1 });
+    for (const t of ['held1', 'held2']) {
+      expect(a.lines.some((l) => l.msg === 'queued: in doubt after a restart, and the peer holds the shadow copy' && l.id === ids.get(t))).toBe(true);
+    }
+    expect(a.lines.some((l) => l.msg === 'dropped: in doubt after a restart, and no peer holds the shadow copy (no 250 was sent)' && l.id === ids.get('gone1'))).toBe(true);
+  }, 90000);
+
+  it('no peer to ask: the copy waits promoteAfterMs, then is delivered and counted as a duplicate risk', async () => {
+    const c = await cluster({}, { 'relay-a': { shadow: { promoteAfterMs: 3000 } } });
+    await c.start('relay-b');
+    await c.start('relay-a');
+    await c.kill('relay-a', 'SIGTERM');
+    await c.kill('relay-b', 'SIGTERM');
+    await crashState(c, ['lone1'], []);
+    const startedAt = Date.now();
+    const a = await c.start('relay-a');
+    await sleep(1500);
+    expect(deliveries(c).size, 'not delivered while it waits for a peer').toBe(0);
+    await waitFor(() => deliveries(c).get('lone1') === 1, 30000, 'delivered after promoteAfterMs');
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(3000 - 500);
+    expect(a.lines.some((l) => String(l.msg).startsWith('queued without an answer: in doubt after a restart'))).toBe(true);
+    // a discard is owed to the peer in case it held a copy; it goes once B is back
+    await c.start('relay-b');
+    await waitFor(() => c.spoolTotal('relay-a') === 0, 30000, "A's owed discard confirmed");
+  }, 90000);
 });

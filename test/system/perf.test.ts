@@ -49,7 +49,10 @@ describe('npm run bench', () => {
     const args = [
       path.join(ROOT, 'dist-tools', 'tools', 'bench', 'run.js'),
       '--messages', '50',
-      '--warmup', '20',
+      '--cold-messages', '20',
+      '--slow-messages', '20',
+      '--slow-serial-messages', '5',
+      '--fsync-delays', '2',
       '--latency-messages', '30',
       '--serial-messages', '10',
       '--large-size', '65536',
@@ -73,15 +76,33 @@ describe('npm run bench', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^## shadowrelay benchmark/m);
     expect(r.stdout).toMatch(/loadavg/);
-    expect(r.stdout).toMatch(/\| accepted msg\/s \(C=20, 10 KB, 50 msgs\) \|/);
+    expect(r.stdout).toMatch(/\| \*\*cold\*\*: accepted msg\/s \(C=20, 10 KB, first 20 msgs after start\) \|/);
+    expect(r.stdout).toMatch(/\| \*\*warm\*\*: accepted msg\/s \(C=20, 10 KB, next 50 msgs\) \|/);
+    // the chart of the ratios is written next to the JSON
+    expect(readFileSync(json.replace(/\.json$/, '.svg'), 'utf8')).toMatch(/^<svg /);
     const report = JSON.parse(readFileSync(json, 'utf8')) as {
-      systems: Array<{ system: string; skipped?: string; error?: string; small?: { accepted: number; endToEndPerSec: number | null }; leftover?: Record<string, number> }>;
+      systems: Array<{
+        system: string;
+        skipped?: string;
+        error?: string;
+        small?: { accepted: number; endToEndPerSec: number | null; fsyncPerMessage?: Record<string, number> };
+        slowDisk?: Array<{ delayMs: number }>;
+        leftover?: Record<string, number>;
+      }>;
+      tools: { fsyncShim?: string | null };
     };
     const sr = report.systems.find((s) => s.system === 'shadowrelay')!;
     expect(sr.error).toBeUndefined();
     expect(sr.small!.accepted).toBe(50);
     expect(sr.small!.endToEndPerSec).toBeGreaterThan(0);
     expect(sr.leftover).toEqual({ aPrimary: 0, bShadow: 0, aOutbox: 0 });
+    if (report.tools.fsyncShim) {
+      // fsyncs counted on each node (each its own machine), and the slow-disk pass ran
+      expect(Object.keys(sr.small!.fsyncPerMessage ?? {}).sort()).toEqual(['relay-a', 'relay-b']);
+      expect(sr.slowDisk?.map((d) => d.delayMs)).toEqual([2]);
+    } else {
+      expect(r.stdout).toMatch(/fsync counts and slow-disk passes skipped: /);
+    }
     const pf = report.systems.find((s) => s.system === 'postfix')!;
     if (pf.skipped) expect(r.stdout).toMatch(/Postfix: skipped — /);
     else expect(pf.error).toBeUndefined();

@@ -1,5 +1,6 @@
 /**
  * A throwaway Debian Postfix: its own config_directory and queue_directory in a temp folder,
+ * `env` passed to every one of its daemons (import_environment),
  * smtpd on a 127.0.0.1 high port, `relayhost` as given, every other setting (fsync of queue
  * files, in_flow_delay, concurrency) at Postfix's defaults unless `main` overrides it. No
  * chroot (the temp folder is not set up for one). Started with `postfix -c DIR start`,
@@ -61,9 +62,13 @@ scache    unix  - - n - 1 scache
 postlog   unix-dgram n - n - 1 postlogd
 `;
 
-function postfixCmd(etc: string, action: string): string {
+function postfixCmd(etc: string, action: string, env?: Record<string, string>): string {
   // postfix only prints its diagnostics on a terminal; they also land in maillog
-  return execFileSync(findBinary('postfix')!, ['-c', etc, action], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  return execFileSync(findBinary('postfix')!, ['-c', etc, action], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: env ? { ...process.env, ...env } : process.env,
+  });
 }
 
 function isAlive(pid: number): boolean {
@@ -79,7 +84,7 @@ function isAlive(pid: number): boolean {
  * Starts a Postfix that accepts mail from loopback on its own port and relays everything to
  * `relayhost` (e.g. `[127.0.0.1]:2525`). `main` adds or overrides main.cf parameters.
  */
-export async function startPostfix(o: { relayhost: string; main?: Record<string, string> }): Promise<PostfixInstance> {
+export async function startPostfix(o: { relayhost: string; main?: Record<string, string>; env?: Record<string, string> }): Promise<PostfixInstance> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sr-postfix-'));
   // the postfix user must be able to reach its queue below this folder
   chmodSync(dir, 0o755);
@@ -110,6 +115,8 @@ export async function startPostfix(o: { relayhost: string; main?: Record<string,
     relayhost: o.relayhost,
     maillog_file_prefixes: dir,
     maillog_file: maillog,
+    // the master passes on only what import_environment names (the benchmark's fsync shim)
+    ...(o.env ? { import_environment: `MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C ${Object.keys(o.env).join(' ')}` } : {}),
     ...(o.main ?? {}),
   };
   writeFileSync(path.join(etc, 'main.cf'), Object.entries(main).map(([k, v]) => `${k} = ${v}`).join('\n') + '\n');
@@ -119,7 +126,7 @@ export async function startPostfix(o: { relayhost: string; main?: Record<string,
   let version = '';
   try {
     version = execFileSync(findBinary('postconf')!, ['-c', etc, '-h', 'mail_version'], { encoding: 'utf8' }).trim();
-    postfixCmd(etc, 'start');
+    postfixCmd(etc, 'start', o.env);
     await waitForPort(port, 20000);
   } catch (e) {
     const tail = readLog().trim().split('\n').slice(-5).join('\n');

@@ -5,13 +5,18 @@
  * In one run, with the same load generator and the same sink, it measures:
  *   1. the sink alone (the ceiling for any relay on this machine),
  *   2. Debian's Postfix as a throwaway loopback relay (skipped with a line when absent),
- *   3. a shadowrelay pair as real processes (A shadowing to B, synchronous=FULL on both),
- *      at log level warn, and a short pass at log level info.
- * Passes per system: C sessions × M messages of S bytes (smtp-source when installed, new
- * connection per message); accept latency with the Node pipelining generator; serial C=1;
- * 1 MB messages; C=200 with 1 MB messages (memory). Prints a markdown table on stdout,
- * progress on stderr, and writes the JSON next to it. `--long` runs the 10-minute leak check.
- * Every process it starts is stopped, also on error and on SIGINT.
+ *   3. a shadowrelay pair as real processes (A shadowing to B, synchronous=FULL on both) at
+ *      the default configuration (log level info), and the same pair at log level warn for
+ *      the cost of logging.
+ * Passes per system, on a freshly started system: cold (no warm-up: what a restart or a
+ * failover looks like), then warm — C sessions × M messages of S bytes (smtp-source when
+ * installed, new connection per message); accept latency with the Node pipelining
+ * generator; serial C=1; 1 MB messages at C=20 and C=200 (memory). Then the slow disks: each
+ * system restarted with every fsync delayed (fsync-shim.c, LD_PRELOAD; 2 and 5 ms, one flush
+ * in the device at a time, and 5 ms overlapping), C=20 and serial. fsync-family calls are
+ * counted per node (per machine) in every pass. Prints a markdown table on stdout, progress
+ * on stderr, writes the JSON and an SVG chart of the ratios next to it. `--long` runs the
+ * 10-minute leak check. Every process it starts is stopped, also on error and on SIGINT.
  */
 import { parseArgs } from 'node:util';
 import { writeFileSync } from 'node:fs';
@@ -23,6 +28,8 @@ import { runLoad, percentile, type LoadResult } from './loadgen.js';
 import { runSmtpSource } from './smtp-source.js';
 import { postfixUnavailable, startPostfix } from './postfix.js';
 import { startPair, type RunningPair } from './shadowrelay.js';
+import { FsyncShim, type Disk } from './fsync.js';
+import { chartSvg } from './chart.js';
 import { CpuMeter, currentPss, findBinary, loadavg, peakRss, Registry, resetPeakRss, RssSampler, round2 } from './procs.js';
 import {
   judgeTargets,
@@ -37,7 +44,10 @@ import {
 const { values: argv } = parseArgs({
   options: {
     messages: { type: 'string', default: '5000' },
-    warmup: { type: 'string', default: '1000' },
+    'cold-messages': { type: 'string', default: '2000' },
+    'slow-messages': { type: 'string', default: '1000' },
+    'slow-serial-messages': { type: 'string', default: '100' },
+    'fsync-delays': { type: 'string', default: '2,5,5p' },
     sessions: { type: 'string', default: '20' },
     size: { type: 'string', default: '10240' },
     'latency-messages': { type: 'string', default: '2000' },
@@ -47,8 +57,8 @@ const { values: argv } = parseArgs({
     'many-sessions': { type: 'string', default: '200' },
     'many-messages': { type: 'string', default: '400' },
     'delivery-concurrency': { type: 'string', default: '20' },
-    systems: { type: 'string', default: 'ceiling,postfix,shadowrelay,shadowrelay-info' },
-    passes: { type: 'string', default: 'small,latency,serial,large,many' },
+    systems: { type: 'string', default: 'ceiling,postfix,shadowrelay,shadowrelay-warn' },
+    passes: { type: 'string', default: 'cold,small,latency,serial,large,many,slow' },
     generator: { type: 'string', default: 'auto' },
     sink: { type: 'string', default: 'auto' },
     json: { type: 'string' },
@@ -62,8 +72,11 @@ const { values: argv } = parseArgs({
 
 if (argv.help) {
   process.stdout.write(`usage: npm run bench -- [options]
-  --messages N            messages in the main pass (5000)
-  --warmup N              unmeasured messages sent to each system first (1000; 0 for none)
+  --messages N            messages in the warm pass (5000)
+  --cold-messages N       messages in the cold pass, the first after a start (2000)
+  --slow-messages N       messages in each slow-disk C-session pass (1000)
+  --slow-serial-messages N  messages in each slow-disk serial pass (100)
+  --fsync-delays LIST     slow disks, ms per fsync; 'p': delays overlap instead of one flush at a time (2,5,5p)
   --sessions C            concurrent sessions (20)
   --size BYTES            message payload (10240)
   --latency-messages N    messages in the C-session latency pass (2000)
@@ -73,12 +86,12 @@ if (argv.help) {
   --many-sessions C       sessions in the memory pass with large messages (200)
   --many-messages N       messages in that pass (400)
   --delivery-concurrency N  shadowrelay delivery.concurrency (20, Postfix's default destination concurrency)
-  --systems LIST          ceiling,postfix,shadowrelay,shadowrelay-info
-  --passes LIST           small,latency,serial,large,many (for quick comparisons while optimising)
+  --systems LIST          ceiling,postfix,shadowrelay,shadowrelay-warn
+  --passes LIST           cold,small,latency,serial,large,many,slow (for quick comparisons while optimising)
   --generator auto|node   smtp-source when installed, else the Node generator
   --sink auto|node        smtp-sink when installed, else a Node sink
   --json FILE             where to write the JSON (default: a file in the temp folder)
-  --cpu-prof DIR          write V8 CPU profiles of the shadowrelay nodes (log level warn) into DIR
+  --cpu-prof DIR          write V8 CPU profiles of the shadowrelay nodes (log level info) into DIR
   --relay-config JSON     merged into both shadowrelay nodes' configs, e.g. '{"smtp":{"maxBytesInFlight":8388608}}'
   --long                  run only the leak check: C=200, 1 MB, 10 minutes
   --long-minutes N        length of the leak check (10)
@@ -97,7 +110,9 @@ const num = (k: keyof typeof argv): number => {
 
 const P = {
   messages: num('messages'),
-  warmup: Number(argv.warmup) >= 0 ? Number(argv.warmup) : 1000,
+  coldMessages: num('cold-messages'),
+  slowMessages: num('slow-messages'),
+  slowSerialMessages: num('slow-serial-messages'),
   sessions: num('sessions'),
   size: num('size'),
   latencyMessages: num('latency-messages'),
@@ -120,6 +135,10 @@ try {
 const say = (s: string) => process.stderr.write(`[bench] ${s}\n`);
 const reg = new Registry();
 const smtpSource = argv.generator === 'node' ? null : findBinary('smtp-source');
+/** the fsync counter / slow disk (or why there is none) */
+const shim = argv.long ? 'not used in the leak check' : FsyncShim.build(reg);
+/** node flags the shipped systemd unit and Docker image run the daemon with */
+const PRODUCT_NODE_FLAGS: string[] = [];
 
 /** Where to send, and how to know the relay is done with a message. */
 interface Target {
@@ -128,6 +147,21 @@ interface Target {
   relays: boolean;
   /** the system's processes right now (CPU accounting) */
   pids: () => number[];
+  /** fsync counters per machine (node), when the shim is loaded */
+  disks?: Record<string, Disk>;
+  /** waits until the system has finished its bookkeeping (fsync counts are read after) */
+  settle?: () => Promise<void>;
+}
+
+/** fsync-family calls per message on each machine while `fn` ran (after the system settled). */
+async function countFsyncs<T extends { accepted: number }>(t: Target, fn: () => Promise<T>): Promise<{ r: T; fsync: Record<string, number> | undefined }> {
+  if (!t.disks) return { r: await fn(), fsync: undefined };
+  await t.settle?.();
+  const before = Object.fromEntries(Object.entries(t.disks).map(([k, d]) => [k, d.count()]));
+  const r = await fn();
+  await t.settle?.();
+  const fsync = Object.fromEntries(Object.entries(t.disks).map(([k, d]) => [k, r.accepted ? round2((d.count() - before[k]!) / r.accepted) : 0]));
+  return { r, fsync };
 }
 
 async function throughput(
@@ -192,38 +226,47 @@ async function latency(t: Target, sink: BenchSink, o: { sessions: number; messag
   return latencyOf(r, o);
 }
 
-async function serial(t: Target, sink: BenchSink): Promise<SystemResult['serial']> {
-  const o = { sessions: 1, messages: P.serialMessages, size: P.size };
+async function serial(t: Target, sink: BenchSink, messages = P.serialMessages): Promise<NonNullable<SystemResult['serial']>> {
+  const o = { sessions: 1, messages, size: P.size };
   let msPerMessage: number | null = null;
+  let fsync: Record<string, number> | undefined;
   if (smtpSource) {
-    const base = sink.count;
-    const r = await runSmtpSource(reg, smtpSource, { port: t.port, ...o });
-    msPerMessage = round2(r.wallMs / o.messages);
-    await sink.waitCount(base + o.messages, 120000);
+    const c = await countFsyncs(t, async () => {
+      const base = sink.count;
+      const r = await runSmtpSource(reg, smtpSource, { port: t.port, ...o });
+      await sink.waitCount(base + o.messages, 120000);
+      return { ...r, accepted: r.ok };
+    });
+    msPerMessage = round2(c.r.wallMs / o.messages);
+    fsync = c.fsync;
   }
-  return { messages: o.messages, msPerMessage, latency: await latency(t, sink, o) };
+  const lat = await countFsyncs(t, async () => {
+    const l = await latency(t, sink, o);
+    return l;
+  });
+  return { messages: o.messages, msPerMessage, latency: lat.r, fsyncPerMessage: fsync ?? lat.fsync };
 }
 
-/** The standard passes against one system. `pids` are the processes whose peak RSS counts. */
 /**
- * A short unmeasured run first, for every system alike: Node's JIT, Postfix's process pools
- * and every connection pool reach their working state before the clock starts.
+ * The standard passes against one freshly started system: cold first (nothing warmed up:
+ * JIT, process pools and connection pools start as after a restart or a failover), then the
+ * warm passes on the same processes.
  */
-async function warmUp(res: SystemResult, t: Target, sink: BenchSink): Promise<void> {
-  const messages = Math.min(P.warmup, P.messages);
-  if (messages <= 0) return;
-  say(`${res.label}: warm-up, ${messages} messages`);
-  await throughput(t, sink, { sessions: P.sessions, messages, size: P.size });
-}
-
 async function standardPasses(res: SystemResult, t: Target, sink: BenchSink, mem: Memory): Promise<void> {
-  await warmUp(res, t, sink);
   mem.reset();
+  if (passes.has('cold')) {
+    const cold = { sessions: P.sessions, messages: P.coldMessages, size: P.size };
+    say(`${res.label}: cold, ${cold.messages} × ${cold.size} B, C=${cold.sessions}`);
+    const c = await countFsyncs(t, () => throughput(t, sink, cold));
+    res.cold = { ...c.r, fsyncPerMessage: c.fsync };
+    say(`${res.label}:   ${res.cold.acceptedPerSec} accepted msg/s, ${res.cold.endToEndPerSec ?? '–'} end-to-end, ${res.cold.cpuMsPerMessage} CPU ms/msg, fsync/msg ${JSON.stringify(c.fsync ?? {})}`);
+  }
   if (passes.has('small')) {
     const small = { sessions: P.sessions, messages: P.messages, size: P.size };
-    say(`${res.label}: ${small.messages} × ${small.size} B, C=${small.sessions}`);
-    res.small = await throughput(t, sink, small);
-    say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec ?? '–'} end-to-end, ${res.small.cpuMsPerMessage} CPU ms/msg`);
+    say(`${res.label}: warm, ${small.messages} × ${small.size} B, C=${small.sessions}`);
+    const c = await countFsyncs(t, () => throughput(t, sink, small));
+    res.small = { ...c.r, fsyncPerMessage: c.fsync };
+    say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec ?? '–'} end-to-end, ${res.small.cpuMsPerMessage} CPU ms/msg, fsync/msg ${JSON.stringify(c.fsync ?? {})}`);
   }
   if (passes.has('latency')) {
     say(`${res.label}: latency pass, ${P.latencyMessages} messages, C=${P.sessions}`);
@@ -233,13 +276,14 @@ async function standardPasses(res: SystemResult, t: Target, sink: BenchSink, mem
   if (passes.has('serial')) {
     say(`${res.label}: serial pass, ${P.serialMessages} messages, C=1`);
     res.serial = await serial(t, sink);
-    say(`${res.label}:   ${res.serial?.msPerMessage ?? '–'} ms per message, accept p50 ${res.serial?.latency.p50Ms} ms`);
+    say(`${res.label}:   ${res.serial.msPerMessage ?? '–'} ms per message, accept p50 ${res.serial.latency.p50Ms} ms, fsync/msg ${JSON.stringify(res.serial.fsyncPerMessage ?? {})}`);
   }
   if (passes.has('large')) {
     const large = { sessions: P.sessions, messages: P.largeMessages, size: P.largeSize };
     say(`${res.label}: ${large.messages} × ${large.size} B, C=${large.sessions}`);
-    res.large = await throughput(t, sink, large);
-    say(`${res.label}:   ${res.large.acceptedPerSec} accepted msg/s, ${res.large.cpuMsPerMessage} CPU ms/msg`);
+    const c = await countFsyncs(t, () => throughput(t, sink, large));
+    res.large = { ...c.r, fsyncPerMessage: c.fsync };
+    say(`${res.label}:   ${res.large.acceptedPerSec} accepted msg/s, ${res.large.endToEndPerSec} end-to-end, ${res.large.cpuMsPerMessage} CPU ms/msg`);
   }
   res.memory = { peakRss: mem.read() };
   if (passes.has('many')) {
@@ -249,6 +293,42 @@ async function standardPasses(res: SystemResult, t: Target, sink: BenchSink, mem
     const m = await throughput(t, sink, many, 'node');
     res.manySessions = { ...m, peakRss: mem.read() };
     say(`${res.label}:   ${m.acceptedPerSec} accepted msg/s, ${m.refused} refused, peak RSS ${JSON.stringify(res.manySessions.peakRss)}`);
+  }
+}
+
+/** The slow disks asked for: "5" = 5 ms, one flush at a time; "5p" = 5 ms, overlapping. */
+function slowDisks(): Array<{ delayMs: number; serialDevice: boolean }> {
+  return String(argv['fsync-delays'])
+    .split(',')
+    .filter((x) => x.trim() !== '' && x.trim() !== '0')
+    .map((x) => ({ delayMs: Number(x.replace(/p$/, '')), serialDevice: !x.endsWith('p') }))
+    .filter((d) => Number.isFinite(d.delayMs) && d.delayMs > 0);
+}
+
+/** A started system: where to send, and how to stop it. */
+interface Started {
+  target: Target;
+  sink: BenchSink;
+  mem: () => Memory;
+  stop: () => Promise<void>;
+  leftover?: () => Promise<Record<string, number>>;
+}
+
+/** One slow-disk pass on a freshly started system: a short warm-up, C sessions, serial. */
+async function slowPass(res: SystemResult, start: (disk: { delayMs: number; serialDevice: boolean }) => Promise<Started>): Promise<void> {
+  for (const d of slowDisks()) {
+    const tag = `${d.delayMs} ms${d.serialDevice ? '' : ' overlapping'}`;
+    say(`${res.label}: slow disk ${tag} per fsync`);
+    const s = await start(d);
+    try {
+      await throughput(s.target, s.sink, { sessions: P.sessions, messages: Math.min(300, P.slowMessages), size: P.size });
+      const c = await countFsyncs(s.target, () => throughput(s.target, s.sink, { sessions: P.sessions, messages: P.slowMessages, size: P.size }));
+      const ser = await serial(s.target, s.sink, P.slowSerialMessages);
+      (res.slowDisk ??= []).push({ ...d, small: { ...c.r, fsyncPerMessage: c.fsync }, serial: ser });
+      say(`${res.label}:   ${c.r.acceptedPerSec} accepted msg/s at C=${P.sessions}, serial ${ser.msPerMessage ?? '–'} ms/msg, accept p50 ${ser.latency.p50Ms} ms, fsync/msg ${JSON.stringify(c.fsync ?? {})}`);
+    } finally {
+      await s.stop();
+    }
   }
 }
 
@@ -309,26 +389,101 @@ async function waitDrained(pair: RunningPair, timeoutMs: number): Promise<Record
   }
 }
 
-async function shadowrelaySystem(res: SystemResult, logLevel: string, full: boolean, cpuProfDir?: string): Promise<void> {
+/** Starts a pair (each node on its own simulated disk when the shim is there) and its sink. */
+async function startShadowrelay(logLevel: string, disk: { delayMs: number; serialDevice: boolean } | null, cpuProfDir?: string): Promise<Started> {
   const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
-  const pair = await startPair(reg, { sinkPort: sink.port, logLevel, deliveryConcurrency: P.deliveryConcurrency, cpuProfDir, config: relayConfig });
+  const disks = shim && typeof shim !== 'string' ? { 'relay-a': shim.disk('relay-a', (disk?.delayMs ?? 0) * 1000, disk?.serialDevice), 'relay-b': shim.disk('relay-b', (disk?.delayMs ?? 0) * 1000, disk?.serialDevice) } : undefined;
+  let pair: RunningPair;
   try {
-    const t = { port: pair.a.smtpPort, relays: true, pids: () => [pair.a.pid, pair.b.pid] };
-    if (full) {
-      await standardPasses(res, t, sink, nodeMemory([pair.a, pair.b]));
-    } else {
-      await warmUp(res, t, sink);
-      const mem = nodeMemory([pair.a, pair.b]);
-      say(`${res.label}: ${P.messages} × ${P.size} B, C=${P.sessions}`);
-      res.small = await throughput(t, sink, { sessions: P.sessions, messages: P.messages, size: P.size });
-      res.memory = { peakRss: mem.read() };
-      say(`${res.label}:   ${res.small.acceptedPerSec} accepted msg/s, ${res.small.endToEndPerSec} end-to-end, ${res.small.cpuMsPerMessage} CPU ms/msg`);
-    }
-    res.leftover = await waitDrained(pair, 15000);
-  } finally {
-    await pair.stop();
+    pair = await startPair(reg, {
+      sinkPort: sink.port,
+      logLevel,
+      deliveryConcurrency: P.deliveryConcurrency,
+      cpuProfDir,
+      config: relayConfig,
+      env: disks ? { 'relay-a': disks['relay-a'].env, 'relay-b': disks['relay-b'].env } : undefined,
+      nodeFlags: PRODUCT_NODE_FLAGS,
+    });
+  } catch (e) {
     await sink.stop();
+    throw e;
   }
+  return {
+    target: {
+      port: pair.a.smtpPort,
+      relays: true,
+      pids: () => [pair.a.pid, pair.b.pid],
+      disks,
+      // discards and batched bookkeeping still in flight after the sink has everything
+      settle: async () => {
+        await waitDrained(pair, 15000);
+        await new Promise((r) => setTimeout(r, 100));
+      },
+    },
+    sink,
+    mem: () => nodeMemory([pair.a, pair.b]),
+    leftover: () => waitDrained(pair, 15000),
+    stop: async () => {
+      await pair.stop();
+      await sink.stop();
+    },
+  };
+}
+
+async function shadowrelaySystem(res: SystemResult, logLevel: string, full: boolean, cpuProfDir?: string): Promise<void> {
+  const s = await startShadowrelay(logLevel, null, cpuProfDir);
+  try {
+    if (full) {
+      await standardPasses(res, s.target, s.sink, s.mem());
+    } else {
+      // the logging comparison: the same cold and warm passes only
+      const mem = s.mem();
+      for (const [key, messages] of [['cold', P.coldMessages], ['small', P.messages]] as const) {
+        if (!passes.has(key)) continue;
+        say(`${res.label}: ${key === 'cold' ? 'cold' : 'warm'}, ${messages} × ${P.size} B, C=${P.sessions}`);
+        const c = await countFsyncs(s.target, () => throughput(s.target, s.sink, { sessions: P.sessions, messages, size: P.size }));
+        res[key] = { ...c.r, fsyncPerMessage: c.fsync };
+        say(`${res.label}:   ${c.r.acceptedPerSec} accepted msg/s, ${c.r.endToEndPerSec} end-to-end, ${c.r.cpuMsPerMessage} CPU ms/msg`);
+      }
+      res.memory = { peakRss: mem.read() };
+    }
+    res.leftover = await s.leftover!();
+  } finally {
+    await s.stop();
+  }
+  if (full && passes.has('slow') && shim && typeof shim !== 'string') await slowPass(res, (d) => startShadowrelay(logLevel, d));
+}
+
+async function startPostfixSystem(res: SystemResult, report: BenchReport, disk: { delayMs: number; serialDevice: boolean } | null): Promise<Started> {
+  const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
+  const d = shim && typeof shim !== 'string' ? shim.disk('postfix', (disk?.delayMs ?? 0) * 1000, disk?.serialDevice) : undefined;
+  let pf: Awaited<ReturnType<typeof startPostfix>>;
+  try {
+    pf = await startPostfix({ relayhost: `[127.0.0.1]:${sink.port}`, env: d?.env });
+  } catch (e) {
+    await sink.stop();
+    throw e;
+  }
+  reg.defer('stop Postfix', () => pf.stop());
+  res.label = `Postfix ${pf.version}`;
+  report.tools.postfix = pf.version;
+  const target: Target = {
+    port: pf.port,
+    relays: true,
+    pids: pf.pids,
+    disks: d ? { postfix: d } : undefined,
+    // qmgr and smtp finish their bookkeeping (queue file removal) just after the sink's 250
+    settle: () => new Promise((r) => setTimeout(r, 300)),
+  };
+  return {
+    target,
+    sink,
+    mem: () => treeMemory('all processes (PSS)', pf.pids),
+    stop: async () => {
+      await pf.stop();
+      await sink.stop();
+    },
+  };
 }
 
 async function leakCheck(minutes: number): Promise<LeakCheck> {
@@ -402,6 +557,11 @@ async function main(): Promise<number> {
     notes: [],
   };
   say(`loadavg ${report.machine.loadavgStart.join(' ')} on ${report.machine.cpus} CPUs; generator: ${report.tools.generator}; sink: ${report.tools.sink}`);
+  if (typeof shim === 'string') {
+    say(`fsync counts and slow-disk passes skipped: ${shim}`);
+    report.notes.push(`fsync counts and slow-disk passes skipped: ${shim}`);
+  }
+  report.tools.fsyncShim = typeof shim === 'string' ? null : 'fsync-shim.c (LD_PRELOAD, built with gcc)';
   if (!smtpSource) say('smtp-source not installed: the Node generator does every pass (install Debian postfix for smtp-source)');
 
   if (argv.long) {
@@ -430,28 +590,24 @@ async function main(): Promise<number> {
         const res: SystemResult = { system: 'postfix', label: 'Postfix' };
         report.systems.push(
           await runSystem(res, async () => {
-            const sink = await BenchSink.start(reg, argv.sink === 'node' ? 'node' : 'auto');
-            const pf = await startPostfix({ relayhost: `[127.0.0.1]:${sink.port}` });
-            reg.defer('stop Postfix', () => pf.stop());
-            res.label = `Postfix ${pf.version}`;
-            report.tools.postfix = pf.version;
+            const s = await startPostfixSystem(res, report, null);
             try {
-              await standardPasses(res, { port: pf.port, relays: true, pids: pf.pids }, sink, treeMemory('all processes (PSS)', pf.pids));
+              await standardPasses(res, s.target, s.sink, s.mem());
             } finally {
-              await pf.stop();
-              await sink.stop();
+              await s.stop();
             }
+            if (passes.has('slow') && shim && typeof shim !== 'string') await slowPass(res, (d) => startPostfixSystem(res, report, d));
           }),
         );
       }
     }
     if (want.has('shadowrelay')) {
-      const res: SystemResult = { system: 'shadowrelay', label: 'shadowrelay (log warn)' };
-      report.systems.push(await runSystem(res, () => shadowrelaySystem(res, 'warn', true, argv['cpu-prof'])));
+      const res: SystemResult = { system: 'shadowrelay', label: 'shadowrelay (default: log info)' };
+      report.systems.push(await runSystem(res, () => shadowrelaySystem(res, 'info', true, argv['cpu-prof'])));
     }
-    if (want.has('shadowrelay-info')) {
-      const res: SystemResult = { system: 'shadowrelay-info', label: 'shadowrelay (log info)' };
-      report.systems.push(await runSystem(res, () => shadowrelaySystem(res, 'info', false)));
+    if (want.has('shadowrelay-warn')) {
+      const res: SystemResult = { system: 'shadowrelay-warn', label: 'shadowrelay (log warn)' };
+      report.systems.push(await runSystem(res, () => shadowrelaySystem(res, 'warn', false)));
     }
   }
   report.machine.loadavgEnd = loadavg();
@@ -461,8 +617,10 @@ async function main(): Promise<number> {
   judgeTargets(report);
   const jsonFile = argv.json ?? path.join(os.tmpdir(), `shadowrelay-bench-${startedAt.replace(/[:.]/g, '-')}.json`);
   writeFileSync(jsonFile, JSON.stringify(report, null, 2) + '\n');
+  const svgFile = jsonFile.replace(/\.json$/, '') + '.svg';
+  writeFileSync(svgFile, chartSvg(report));
   process.stdout.write(markdown(report));
-  say(`JSON written to ${jsonFile}`);
+  say(`JSON written to ${jsonFile}; chart of the ratios: ${svgFile}`);
   return report.systems.some((s) => s.error) ? 2 : 0;
 }
 

@@ -23,6 +23,10 @@ export interface BenchPairOptions {
   cpuProfDir?: string;
   /** merged into both nodes' config documents last */
   config?: Record<string, unknown>;
+  /** extra environment per node (the fsync shim: each node is its own machine, its own disk) */
+  env?: Record<string, Record<string, string>>;
+  /** extra node flags, as the systemd unit and the Docker image run the daemon */
+  nodeFlags?: string[];
 }
 
 export interface RelayNode {
@@ -74,12 +78,13 @@ export async function startPair(reg: Registry, o: BenchPairOptions): Promise<Run
     for (const n of names) {
       const logFile = path.join(dir, `${n}.log`);
       const fd = openSync(logFile, 'a');
-      const nodeArgs: string[] = [];
+      const nodeArgs: string[] = [...(o.nodeFlags ?? [])];
       if (o.cpuProfDir) {
         mkdirSync(o.cpuProfDir, { recursive: true });
         nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${o.cpuProfDir}`, `--cpu-prof-name=${n}-${Date.now()}.cpuprofile`);
       }
-      const p = reg.spawn(process.execPath, [...nodeArgs, PRODUCT_CLI, 'start', '--config', files.configs[n]!], { stdio: ['ignore', fd, fd] });
+      const env = o.env?.[n] ? { ...process.env, ...o.env[n] } : process.env;
+      const p = reg.spawn(process.execPath, [...nodeArgs, PRODUCT_CLI, 'start', '--config', files.configs[n]!], { stdio: ['ignore', fd, fd], env });
       closeSync(fd);
       procs.push(p);
       nodes[n] = { name: n, pid: p.pid ?? 0, smtpPort: ports[n]!.smtp, adminPort: ports[n]!.admin, dataDir: path.join(dir, 'data', n), logFile };
