@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * cli — `shadowrelay start | check-config | queue … | health | spool backup | certs init |
+ * cli — `shadowrelay start | check-config | queue … | health | drain | spool backup | certs init |
  * hash-password`. (The demo and the test sink are tools: tools/cli.ts, `npm run demo`.)
  * Exit codes: 0 ok, 1 configuration or usage error (or: no such message, not healthy),
  * 2 runtime failure (including: the daemon does not answer).
@@ -50,7 +50,8 @@ program
       stopping = true;
       relay.log.info({ signal: sig }, 'signal received');
       // a backstop: the stop is bounded, but never let a stuck part keep the process alive
-      setTimeout(() => process.exit(2), cfg.node.shutdownTimeoutMs + cfg.shadow.timeoutMs + 5000).unref();
+      const drainMs = cfg.node.drainOnStop ? cfg.node.drainTimeoutMs : 0;
+      setTimeout(() => process.exit(2), drainMs + cfg.node.shutdownTimeoutMs + cfg.shadow.timeoutMs + 5000).unref();
       relay.stop().then(
         () => process.exit(0),
         () => process.exit(2),
@@ -237,6 +238,58 @@ program
         process.exit(1);
       }
       await new Promise((r) => setTimeout(r, 500));
+    }
+  });
+
+program
+  .command('drain')
+  .description("hand this node's queue and the shadow copies it holds to its peers, and stop taking mail (before removing the node); exit 0 once it is empty")
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('--timeout <seconds>', 'give up after this long and report what is left (default node.drainTimeoutMs)')
+  .option('--json', 'print the report as JSON')
+  .action(async (o: { config: string; timeout?: string; json?: boolean }) => {
+    const cfg = configOrExit(o.config);
+    const ms = o.timeout === undefined ? cfg.node.drainTimeoutMs : Math.round(Number(o.timeout) * 1000);
+    if (!(ms > 0)) {
+      process.stderr.write(`shadowrelay: --timeout must be a positive number of seconds, not "${o.timeout}"\n`);
+      process.exit(1);
+    }
+    type Report = import('./shadow/drain.js').DrainReport;
+    let r: Report;
+    try {
+      r = await adminRequest<Report>(cfg, 'POST', `/drain?timeoutMs=${ms}`, ms + 30000);
+    } catch (e) {
+      // 409: the drain ran and left messages; its report is the error's body
+      if (e instanceof AdminError && e.status === 409 && e.body) r = e.body as Report;
+      else fail(e);
+    }
+    if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    else {
+      const list = (m: Record<string, number>) => Object.entries(m).map(([k, v]) => `${v} to ${k}`).join(', ') || 'none';
+      process.stdout.write(`${cfg.node.name}: transferred ${list(r.transferred)}; shadow copies re-homed ${list(r.reshadowed)}; dropped (origin done) ${r.dropped}; ${r.ms} ms\n`);
+      process.stdout.write(r.empty ? `${cfg.node.name}: empty\n` : `${cfg.node.name}: NOT empty: ${r.remaining.primary} primaries, ${r.remaining.shadow} shadow copies, ${r.remaining.outbox} discards owed\n`);
+      for (const p of r.problems) process.stdout.write(`  ${p}\n`);
+    }
+    process.exit(r.empty ? 0 : 1);
+  });
+
+program
+  .command('kube-zone')
+  .description("Kubernetes init container: write the zone label of this pod's node to a file (node.zone: ${NODE_ZONE})")
+  .requiredOption('--out <file>', 'file to write the zone to (empty when the node has no zone label)')
+  .option('--label <name>', 'the node label to read', 'topology.kubernetes.io/zone')
+  .option('--api <url>', 'API server (default: the in-cluster one)')
+  .option('--token-file <file>', 'bearer token (default: the service account token)')
+  .option('--ca-file <file>', "the API server's CA (default: the service account's)")
+  .option('--node <name>', 'node name (default: $NODE_NAME)')
+  .action(async (o: { out: string; label: string; api?: string; tokenFile?: string; caFile?: string; node?: string }) => {
+    const { writeNodeZone } = await import('./ops/kube-zone.js');
+    try {
+      const zone = await writeNodeZone(o.out, o);
+      process.stdout.write(zone ? `zone ${zone} → ${o.out}\n` : `the node has no ${o.label} label: no zone (placement cannot keep copies out of this node's zone)\n`);
+    } catch (e) {
+      process.stderr.write(`shadowrelay kube-zone: ${(e as Error).message}\n`);
+      process.exit(2);
     }
   });
 

@@ -13,6 +13,7 @@ import { adminToken, loadConfig, ConfigError, maxShadowAgeMs, restartOnlyChanges
 import type { Spool } from './spool/index.js';
 import { ThreadedSpool } from './spool/thread.js';
 import { ShadowLink, type ShadowLinkSettings } from './shadow/index.js';
+import { Drainer, type DrainReport } from './shadow/drain.js';
 import { SmtpListener, type SmtpSettings } from './smtp/index.js';
 import { NetworkList } from './smtp/networks.js';
 import { ShadowedAcceptor, type AcceptSettings } from './accept/index.js';
@@ -61,7 +62,12 @@ const settings = {
     auth: cfg.smtp.auth,
     limits: cfg.smtp.limits,
   }),
-  shadow: (cfg: Config): ShadowLinkSettings => ({ tls: cfg.tls.shadow, timeoutMs: cfg.shadow.timeoutMs }),
+  shadow: (cfg: Config): ShadowLinkSettings => ({
+    tls: cfg.tls.shadow,
+    timeoutMs: cfg.shadow.timeoutMs,
+    peers: cfg.shadow.peers,
+    placement: cfg.shadow.placement,
+  }),
   accept: (cfg: Config): AcceptSettings => ({ onFailure: cfg.shadow.onFailure, hostname: cfg.smtp.hostname }),
   delivery: (cfg: Config): DeliverySettings => ({
     ...cfg.delivery,
@@ -79,6 +85,7 @@ interface Parts {
   delivery: DeliveryWorker;
   admin: AdminServer;
   metrics: Metrics;
+  drainer: Drainer;
   certificates: CertificateWatch;
 }
 
@@ -96,6 +103,7 @@ export class Relay {
   private readonly acceptor: ShadowedAcceptor;
   private readonly delivery: DeliveryWorker;
   private readonly admin: AdminServer;
+  private readonly drainer: Drainer;
   private readonly certificates: CertificateWatch;
 
   private constructor(
@@ -112,6 +120,7 @@ export class Relay {
     this.acceptor = parts.acceptor;
     this.delivery = parts.delivery;
     this.admin = parts.admin;
+    this.drainer = parts.drainer;
     this.certificates = parts.certificates;
   }
 
@@ -140,6 +149,7 @@ export class Relay {
     const shadow = new ShadowLink({
       ...settings.shadow(cfg),
       nodeName: cfg.node.name,
+      zone: cfg.node.zone,
       listen: cfg.shadow.listen,
       peers: cfg.shadow.peers,
       heartbeatMs: cfg.shadow.heartbeatMs,
@@ -158,7 +168,7 @@ export class Relay {
       ...settings.accept(cfg),
       spool,
       replicator: shadow,
-      peerNames,
+      peerNames: () => shadow.peers().map((p) => p.name),
       log,
       onAccepted: deliveryDue.ring,
       metrics,
@@ -174,6 +184,15 @@ export class Relay {
       metrics,
     });
     const smtp = new SmtpListener({ ...settings.smtp(cfg), maxBytesInFlight: cfg.smtp.maxBytesInFlight, acceptor, log, metrics });
+    const drainer = new Drainer({
+      nodeName: cfg.node.name,
+      spool,
+      link: shadow,
+      log,
+      stopAccepting: () => smtp.stopAccepting(cfg.node.shutdownTimeoutMs),
+      pauseDelivery: () => delivery.pause(),
+      resumeDelivery: () => delivery.resume(),
+    });
     const certificates = new CertificateWatch(cfg.tls);
     metrics.observe({
       queueStats: () => spool.queueStats(),
@@ -189,6 +208,7 @@ export class Relay {
       // a peer whose spool is full cannot take a copy either
       anyPeerUp: shadow.canShadow(),
       peers: shadow.peers(),
+      draining: shadow.isDraining,
     });
     const dashboard = new Dashboard({
       node: cfg.node.name,
@@ -214,6 +234,7 @@ export class Relay {
     });
     const admin = new AdminServer({
       readiness: readinessState,
+      drain: (ms) => drainer.drain(ms ?? cfg.node.drainTimeoutMs),
       metrics: () => metrics.render(),
       queue,
       dashboard,
@@ -230,7 +251,7 @@ export class Relay {
     else log.warn({ admin: formatHostPort(adminAddr), reason: ui.reason }, 'dashboard disabled: set admin.token (or admin.tokenFile) to serve it on this address');
     delivery.start();
     log.info({ ...addresses }, 'shadowrelay started');
-    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics, certificates }, addresses);
+    return new Relay(cfg, { log, spool, shadow, smtp, acceptor, delivery, admin, metrics, certificates, drainer }, addresses);
   }
 
   /**
@@ -243,7 +264,8 @@ export class Relay {
     const changed = (['smtp', 'shadow', 'delivery', 'admin', 'log'] as const).filter(
       (k) => JSON.stringify(this.current[k]) !== JSON.stringify(next[k]),
     );
-    // certificates may change on disk under the same file names: always re-apply them
+    // certificates may change on disk under the same file names: always re-apply them; the
+    // peer list is applied too (a node added starts taking shadows)
     this.shadow.reload(settings.shadow(next));
     this.acceptor.reload(settings.accept(next));
     this.smtp.reload(settings.smtp(next));
@@ -277,6 +299,14 @@ export class Relay {
   }
 
   /**
+   * Drain (`shadowrelay drain`, `POST /drain`, `node.drainOnStop`): hands the queue and the
+   * shadow copies held here to the peers, then stays up taking no mail (see shadow/drain.ts).
+   */
+  drain(deadlineMs: number = this.config.node.drainTimeoutMs): Promise<DrainReport> {
+    return this.drainer.drain(deadlineMs);
+  }
+
+  /**
    * Graceful stop, within node.shutdownTimeoutMs (plus shadow.timeoutMs for a message
    * being accepted at the deadline): new clients get 421 4.3.2, transactions in progress
    * finish, deliveries in flight finish, then the link and the spool close. Idempotent.
@@ -284,8 +314,10 @@ export class Relay {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       const timeout = this.config.node.shutdownTimeoutMs;
-      const deadline = monotonicMs() + timeout;
       this.log.info({ shutdownTimeoutMs: timeout }, 'stopping');
+      // scale-down: hand the queue over first (bounded by node.drainTimeoutMs)
+      if (this.config.node.drainOnStop) await this.drain().catch((err: Error) => this.log.error({ err: err.message }, 'drain failed'));
+      const deadline = monotonicMs() + timeout;
       this.shadow.endDoubts();
       await this.smtp.drain(timeout);
       await this.delivery.stop(Math.max(0, deadline - monotonicMs()));

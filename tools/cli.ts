@@ -2,7 +2,8 @@
 /**
  * The tools' command line (not part of the shipped package): `demo` runs a loopback pair
  * with a sink and sends one message through it (`npm run demo`); `sink` is the test next hop
- * that prints one JSON line per message (`npm run sink`, the compose pair's `sink` service).
+ * that prints one JSON line per message (`npm run sink`, the compose pair's `sink` service);
+ * `scale-sim` is the placement simulation at 100 relays (`npm run scale-sim`).
  */
 import { Command } from 'commander';
 import { parseHostPort } from '../src/base/net.js';
@@ -42,6 +43,25 @@ program
   .action(async (o: { once?: boolean }) => {
     const { runDemo } = await import('./demo.js');
     process.exitCode = await runDemo({ once: !!o.once });
+  });
+
+program
+  .command('scale-sim')
+  .description('placement on paper: N relays in zones, one node and then a zone lost (README "Scale-out")')
+  .option('--nodes <n>', 'relays', '100')
+  .option('--zones <n>', 'failure domains', '3')
+  .option('--queued <n>', 'messages queued on each relay', '1000')
+  .option('--placement <p>', 'preferRemote | remoteOnly | any', 'preferRemote')
+  .option('--json', 'print the figures as JSON')
+  .action(async (o: { nodes: string; zones: string; queued: string; placement: string; json?: boolean }) => {
+    const { simulate, report, DEFAULTS } = await import('./scale-sim.js');
+    const placement = o.placement as 'preferRemote' | 'remoteOnly' | 'any';
+    if (!['preferRemote', 'remoteOnly', 'any'].includes(placement)) {
+      process.stderr.write(`scale-sim: --placement must be preferRemote, remoteOnly or any\n`);
+      process.exit(1);
+    }
+    const r = simulate({ ...DEFAULTS, nodes: Number(o.nodes), zones: Number(o.zones), queued: Number(o.queued), placement });
+    process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : report(r) + '\n');
   });
 
 program.parseAsync(process.argv).catch((e: unknown) => {

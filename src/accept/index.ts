@@ -31,6 +31,12 @@ export interface Replicator {
 
 export type OnFailure = 'reject' | 'accept';
 
+/** The peers a failed replication sent the copy to (the link names them), if it says. */
+function triedOn(err: Error): string[] | undefined {
+  const t = (err as { triedOn?: unknown }).triedOn;
+  return Array.isArray(t) ? (t as string[]) : undefined;
+}
+
 /** What a config reload may change. */
 export interface AcceptSettings {
   onFailure: OnFailure;
@@ -41,7 +47,8 @@ export interface AcceptSettings {
 export interface ShadowedAcceptorOptions extends AcceptSettings {
   spool: AcceptSpool;
   replicator: Replicator;
-  peerNames: string[];
+  /** the peers now (the list changes on reload): owed a discard when it is not known which got a copy */
+  peerNames: () => string[];
   log: Logger;
   /** called after the message is durable on two nodes (or degraded-accepted) */
   onAccepted: (id: string) => void;
@@ -96,7 +103,7 @@ export class ShadowedAcceptor {
       this.metrics.refused('storage');
       log.error({ id: m.id, err: localErr.message }, 'spool write failed');
       // the peer may have stored its copy meanwhile: owe it a discard (retried while the spool fails)
-      void shadow.then((r) => (r.err ? undefined : this.drop(m.id)));
+      void shadow.then((r) => (r.err ? undefined : this.drop(m.id, [r.peer!])));
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
     log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
@@ -115,7 +122,7 @@ export class ShadowedAcceptor {
       log.info({ id: m.id, peer }, 'shadow copy confirmed after a doubt: the peer holds it');
     } else if (resolution === 'unknown') {
       this.metrics.refused('shadow_unknown');
-      await this.drop(m.id);
+      await this.drop(m.id, triedOn(replicated.err));
       log.warn({ id: m.id, reason: replicated.err.message, peers: doubt }, 'closed without a reply: the peer may hold the shadow copy and could not be asked (neither 250 nor 451 would be true)');
       throw new HangUp();
     } else {
@@ -125,7 +132,7 @@ export class ShadowedAcceptor {
         log.warn({ id: m.id, reason }, 'DEGRADED: accepted without a shadow copy (shadow.onFailure=accept)');
       } else {
         this.metrics.refused('shadow_unconfirmed');
-        await this.drop(m.id);
+        await this.drop(m.id, triedOn(replicated.err));
         log.warn({ id: m.id, reason }, 'refused: shadow copy not confirmed');
         throw reply(451, '4.4.1', 'Error: shadow copy not confirmed by a peer relay, try again later');
       }
@@ -134,7 +141,7 @@ export class ShadowedAcceptor {
       await spool.markAccepted(m.id, peer, opts.bounceFor);
     } catch (err) {
       this.metrics.refused('storage');
-      await this.drop(m.id);
+      await this.drop(m.id, peer ? [peer] : undefined);
       log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
@@ -145,11 +152,15 @@ export class ShadowedAcceptor {
     return `2.0.0 Ok: queued as ${m.id}`;
   }
 
-  /** Drops an unacknowledged copy; on a storage error keeps trying in the background. */
-  private async drop(id: string): Promise<void> {
+  /**
+   * Drops an unacknowledged copy; on a storage error keeps trying in the background. A
+   * discard is owed to `owed` (the peers a copy went to), or to every peer when unknown.
+   */
+  private async drop(id: string, owed?: string[]): Promise<void> {
     const { spool, log } = this.o;
+    const peers = owed ?? this.o.peerNames();
     try {
-      await spool.dropUnacked(id, this.o.peerNames);
+      await spool.dropUnacked(id, peers);
       return;
     } catch (e) {
       log.error({ id, err: (e as Error).message }, 'could not drop the unacknowledged copy; retrying');
@@ -158,7 +169,7 @@ export class ShadowedAcceptor {
       for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {
         await new Promise((r) => setTimeout(r, wait).unref());
         try {
-          await spool.dropUnacked(id, this.o.peerNames);
+          await spool.dropUnacked(id, peers);
           log.info({ id }, 'unacknowledged copy dropped');
           return;
         } catch (e) {

@@ -15,6 +15,11 @@
  * - A reload (SIGHUP) is all or nothing: the new file must load as above and no restart-only
  *   key may differ; otherwise the running configuration stays whole (the composition root
  *   applies it).
+ * - `${VAR}` / `${VAR:-default}` in a string value is replaced from the environment before
+ *   validation (one ConfigMap for every pod of a StatefulSet: the pod's name and zone come
+ *   from its environment); an unset variable without a default is an error naming the key.
+ * - `shadow.peersFrom` expands into `shadow.peers` (the StatefulSet's ordinals, without this
+ *   node), so the rest of the code sees one peer list.
  */
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
@@ -72,6 +77,24 @@ const positiveInt = z.number().int().positive();
 const nonNegativeInt = z.number().int().min(0);
 const fileRef = z.string().min(1);
 
+// empty means "not set" (an environment variable that was not filled in)
+const zoneName = z
+  .string()
+  .max(128)
+  .regex(/^[A-Za-z0-9._\/-]*$/, 'letters, digits, ".", "_", "/" or "-"')
+  .transform((s) => (s === '' ? undefined : s));
+
+const peer = z.object({ name: z.string().min(1), address: hostPort, zone: zoneName.optional() }).strict();
+
+// a StatefulSet's peers by ordinal: `{i}` in name and address is replaced by 0 … replicas-1
+const peersFrom = z
+  .object({
+    replicas: z.number().int().min(2).max(1000),
+    name: z.string().includes('{i}', { message: 'must contain {i} (the ordinal)' }),
+    address: z.string().includes('{i}', { message: 'must contain {i} (the ordinal)' }),
+  })
+  .strict();
+
 const domainName = z
   .string()
   .refine((s) => domainToASCII(s.replace(/^\./, '').replace(/\.$/, '')) !== '', { message: 'expected a domain name such as example.com' });
@@ -116,7 +139,13 @@ const schema = z
       z
         .object({
           name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/, 'letters, digits, ".", "_" or "-"'),
+          // failure domain (rack, zone): shadow copies go to another one when they can
+          zone: zoneName.optional(),
           dataDir: z.string().min(1),
+          // SIGTERM/SIGINT hands the queue to peers first (`shadowrelay drain`), for scale-down
+          drainOnStop: z.boolean().default(false),
+          // the longest a drain may take before it reports what is left
+          drainTimeoutMs: positiveInt.default(120000),
           // SIGTERM/SIGINT: how long transactions and deliveries in flight may take to finish
           shutdownTimeoutMs: positiveInt.default(30000),
         })
@@ -144,11 +173,11 @@ const schema = z
     shadow: z
       .object({
         listen: restart(hostPort),
-        peers: restart(
-          z
-            .array(z.object({ name: z.string().min(1), address: hostPort }).strict())
-            .min(1, 'at least one peer is needed: shadowrelay never answers 250 without one'),
-        ),
+        // live on reload: a node added to the peer lists starts taking shadows (README "Scale-out")
+        peers: z.array(peer).optional(),
+        peersFrom: peersFrom.optional(),
+        // where each message's one shadow copy goes (README "Scale-out")
+        placement: z.enum(['preferRemote', 'remoteOnly', 'any']).default('preferRemote'),
         tls: z.object({ ca: fileRef, cert: fileRef, key: fileRef }).strict(),
         timeoutMs: positiveInt.default(5000),
         onFailure: z.enum(['reject', 'accept']).default('reject'),
@@ -232,8 +261,11 @@ const schema = z
   })
   .strict();
 
-/** A validated configuration document (`parseConfig`). */
-export type ParsedConfig = z.infer<typeof schema> & { file: string };
+type Schema = z.infer<typeof schema>;
+export type PeerConfig = z.infer<typeof peer>;
+
+/** A validated configuration document (`parseConfig`): `shadow.peers` always filled in. */
+export type ParsedConfig = Omit<Schema, 'shadow'> & { shadow: Omit<Schema['shadow'], 'peers'> & { peers: PeerConfig[] } } & { file: string };
 
 /** The certificates and keys a configuration names, read once (`loadConfig`). */
 export interface TlsMaterial {
@@ -288,10 +320,10 @@ function describeIssue(issue: z.core.$ZodIssue): string {
 }
 
 /** Validates an already parsed document. `file` is used in messages and to resolve paths. */
-export function parseConfig(doc: unknown, file: string): ParsedConfig {
-  const result = schema.safeParse(doc);
+export function parseConfig(doc: unknown, file: string, env: NodeJS.ProcessEnv = process.env): ParsedConfig {
+  const result = schema.safeParse(expandEnv(doc, env, file));
   if (!result.success) throw new ConfigError(file, result.error.issues.map(describeIssue));
-  const cfg = result.data;
+  const cfg = { ...result.data, shadow: { ...result.data.shadow, peers: peerList(result.data, file) } };
   const base = path.dirname(path.resolve(file));
   const abs = (p: string) => path.resolve(base, p);
   cfg.node.dataDir = abs(cfg.node.dataDir);
@@ -324,10 +356,55 @@ export function parseConfig(doc: unknown, file: string): ParsedConfig {
     if (names.has(p.name)) throw new ConfigError(file, [`shadow.peers.${i}.name: duplicate peer "${p.name}"`]);
     names.add(p.name);
   }
+  if (cfg.shadow.placement === 'remoteOnly') {
+    if (!cfg.node.zone) throw new ConfigError(file, ['shadow.placement: remoteOnly needs node.zone (the zone copies must leave)']);
+  }
   if (cfg.delivery.retry.initialMs > cfg.delivery.retry.maxMs) {
     throw new ConfigError(file, ['delivery.retry.initialMs: must not exceed delivery.retry.maxMs']);
   }
   return { ...cfg, file: path.resolve(file) };
+}
+
+const ENV_REF = /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|\$\$/g;
+
+/** Replaces `${VAR}` and `${VAR:-default}` in every string value; `$$` is a literal `$`. */
+function expandEnv(doc: unknown, env: NodeJS.ProcessEnv, file: string, at: string[] = []): unknown {
+  if (typeof doc === 'string') {
+    return doc.replace(ENV_REF, (all, name: string | undefined, dflt: string | undefined) => {
+      if (all === '$$') return '$';
+      const v = env[name!];
+      if (v !== undefined && v !== '') return v;
+      if (dflt !== undefined) return dflt;
+      throw new ConfigError(file, [`${at.join('.')}: environment variable ${name} is not set (write \${${name}:-} for "empty is fine")`]);
+    });
+  }
+  if (Array.isArray(doc)) return doc.map((v, i) => expandEnv(v, env, file, [...at, String(i)]));
+  if (doc && typeof doc === 'object') {
+    return Object.fromEntries(Object.entries(doc).map(([k, v]) => [k, expandEnv(v, env, file, [...at, k])]));
+  }
+  return doc;
+}
+
+/** `shadow.peers`, or the StatefulSet ordinals of `shadow.peersFrom` without this node. */
+function peerList(cfg: Schema, file: string): PeerConfig[] {
+  const { peers, peersFrom: from } = cfg.shadow;
+  if (peers && from) throw new ConfigError(file, ['shadow.peersFrom: give shadow.peers or shadow.peersFrom, not both']);
+  if (from) {
+    const list: PeerConfig[] = [];
+    for (let i = 0; i < from.replicas; i++) {
+      const name = from.name.replaceAll('{i}', String(i));
+      if (name === cfg.node.name) continue;
+      const address = parseHostPort(from.address.replaceAll('{i}', String(i)));
+      if (!address) throw new ConfigError(file, ['shadow.peersFrom.address: expected "host:port" with {i} in it']);
+      list.push({ name, address });
+    }
+    if (list.length === from.replicas) {
+      throw new ConfigError(file, [`shadow.peersFrom.name: node.name "${cfg.node.name}" is none of the ${from.replicas} names it makes`]);
+    }
+    return list;
+  }
+  if (!peers?.length) throw new ConfigError(file, ['shadow.peers: at least one peer is needed: shadowrelay never answers 250 without one']);
+  return peers;
 }
 
 /** Reads, parses and validates a YAML file; also checks that referenced files are readable. */

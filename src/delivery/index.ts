@@ -352,6 +352,19 @@ export class DeliveryWorker {
     }
   }
 
+  /** Drain: stops picking new work and waits for sends in flight (the transport stays). */
+  async pause(): Promise<void> {
+    this.running = false;
+    clearTimeout(this.timer);
+    await Promise.allSettled([...this.inflight.values()]);
+  }
+
+  /** After a drain that left messages: deliver them again. */
+  resume(): void {
+    if (this.aborted) return;
+    this.start();
+  }
+
   /**
    * Stops picking new work and waits for sends in flight — at most `deadlineMs`, then the
    * transport is closed under them (their outcome is unknown: they are retried after restart).

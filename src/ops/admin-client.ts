@@ -16,7 +16,12 @@ export class DaemonDown extends Error {
 }
 
 export class AdminError extends Error {
-  constructor(readonly status: number, message: string) {
+  constructor(
+    readonly status: number,
+    message: string,
+    /** the answer's JSON body, when it had one */
+    readonly body?: unknown,
+  ) {
     super(message);
     this.name = 'AdminError';
   }
@@ -49,7 +54,7 @@ export function adminRequest<T>(cfg: ParsedConfig, method: string, path: string,
           const status = res.statusCode ?? 0;
           if (status >= 200 && status < 300) return resolve(body as T);
           const msg = typeof body === 'object' && body && 'error' in body ? String((body as { error: unknown }).error) : `HTTP ${status}`;
-          reject(new AdminError(status, msg));
+          reject(new AdminError(status, msg, typeof body === 'object' ? body : undefined));
         });
       },
     );

@@ -18,6 +18,8 @@
  *     DELETE /queue/<id>[?bounce=1] delete (with a bounce to the sender); the peer is owed a
  *                                   discard of its shadow copy
  *     POST   /queue/delete-failed   delete every message whose last attempt failed
+ * - `POST /drain[?timeoutMs=N]`: hand this node's queue to its peers and stop taking mail
+ *   (shadow/drain.ts); answers the report when done (200 empty, 409 not empty).
  * - The dashboard (dashboard.ts, ui/): `GET /` and `/ui/*` (static files of the package, no
  *   data), `GET /api/overview` (JSON) and `GET /api/events` (Server-Sent Events: `overview`
  *   every few seconds, `queue` when the queue changed; read with fetch(), which can carry the
@@ -56,7 +58,9 @@ export interface ReadinessState {
   /** shadow.onFailure=accept: the node answers 250 even without a peer */
   acceptsWithoutPeer: boolean;
   anyPeerUp: boolean;
-  peers: Array<{ name: string; link: string; lastError: string | null; spoolFull?: boolean }>;
+  peers: Array<{ name: string; link: string; lastError: string | null; spoolFull?: boolean; draining?: boolean }>;
+  /** the node is draining (or drained): it takes no mail */
+  draining?: boolean;
 }
 
 /**
@@ -67,8 +71,9 @@ export interface ReadinessState {
 export function readiness(s: ReadinessState): Readiness {
   const reasons: string[] = [];
   if (!s.smtpStarted) reasons.push('smtp listener not up');
+  if (s.draining) reasons.push('draining: this node hands its queue to its peers and takes no mail');
   if (!s.anyPeerUp && !s.acceptsWithoutPeer) {
-    const why = s.peers.map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.lastError ? ` (${p.lastError})` : ''}`);
+    const why = s.peers.map((p) => `${p.name} ${p.link}${p.spoolFull ? ' (its spool is full)' : p.draining ? ' (draining)' : p.lastError ? ` (${p.lastError})` : ''}`);
     reasons.push(`no shadow peer can take a copy: ${why.join(', ')}`);
   }
   return { ready: reasons.length === 0, reasons };
@@ -79,6 +84,8 @@ export interface AdminOptions {
   /** Prometheus exposition; absent → 404 */
   metrics?: () => Promise<{ contentType: string; text: string }>;
   queue?: QueueService;
+  /** drain this node (POST /drain): resolves with the report */
+  drain?: (timeoutMs?: number) => Promise<{ empty: boolean }>;
   /** bearer token (a reload can change it: `setToken`); undefined → open */
   token?: string;
   /** the dashboard's data (absent → the dashboard answers 404) */
@@ -249,6 +256,15 @@ export class AdminServer {
       res.writeHead(200, { 'content-type': m.contentType });
       res.end(m.text);
       return;
+    }
+
+    if (path === '/drain' && this.o.drain) {
+      if (method !== 'POST') return send(405, { error: 'method not allowed' });
+      const t = url.searchParams.get('timeoutMs');
+      const ms = t === null ? undefined : Number(t);
+      if (ms !== undefined && !(Number.isInteger(ms) && ms > 0)) return send(400, { error: 'timeoutMs must be a positive integer' });
+      const r = await this.o.drain(ms);
+      return send(r.empty ? 200 : 409, r);
     }
 
     const d = this.o.dashboard;

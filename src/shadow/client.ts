@@ -19,7 +19,7 @@ import http2 from 'node:http2';
 import tls from 'node:tls';
 import type { TlsFiles } from './server.js';
 import { WINDOW } from './server.js';
-import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody } from './protocol.js';
+import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody, type TransferMeta } from './protocol.js';
 import { monotonicMs } from '../base/clock.js';
 
 export class PeerError extends Error {
@@ -420,6 +420,23 @@ export class PeerClient {
       throw new PeerError(`peer ${this.o.name}: malformed known answer`, 'refused');
     }
     return r.known as string[];
+  }
+
+  /** Drain: hands the peer a message to take over (it shadows it on a third node first). */
+  async transfer(id: string, meta: TransferMeta, raw: Buffer, timeoutMs: number): Promise<{ result: 'accepted' | 'exists'; shadowPeer: string }> {
+    const r = await this.json<{ result: unknown; shadowPeer: unknown }>('PUT', `/v1/transfer/${id}`, encodePutParts(meta, raw), timeoutMs, 201);
+    if ((r.result !== 'accepted' && r.result !== 'exists') || typeof r.shadowPeer !== 'string') {
+      throw new PeerError(`peer ${this.o.name}: malformed transfer answer`, 'refused');
+    }
+    return { result: r.result, shadowPeer: r.shadowPeer };
+  }
+
+  /** Drain: asks the primary to shadow these copies elsewhere; a 404 (older version) is a refusal. */
+  async reshadow(ids: string[], timeoutMs: number): Promise<{ moved: string[]; gone: string[] }> {
+    const r = await this.json<{ moved: unknown; gone: unknown }>('POST', '/v1/reshadow', Buffer.from(JSON.stringify({ ids })), timeoutMs, 200);
+    const ok = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+    if (!ok(r.moved) || !ok(r.gone)) throw new PeerError(`peer ${this.o.name}: malformed reshadow answer`, 'refused');
+    return { moved: r.moved, gone: r.gone };
   }
 
   async heartbeat(me: HeartbeatBody, timeoutMs: number): Promise<HeartbeatBody> {

@@ -3,7 +3,9 @@
  *
  * Every node is both a primary (for what it accepted) and a shadow holder (for its peers).
  *
- * As a shadow holder, for each peer X:
+ * As a shadow holder, for each origin X (every configured peer, and any other origin whose
+ * copies this node still holds — with N relays each holder watches the origins of the
+ * copies it holds, independently of the others):
  * - Promotion: when X has been unreachable for `promoteAfterMs` (since the last successful
  *   exchange in either direction, or since this node started if X was never seen), X's
  *   shadow copies become this node's queued primaries (remaining recipients only) and are
@@ -35,7 +37,8 @@ export interface FailoverOptions {
   nodeName: string;
   spool: FailoverSpool;
   log: Logger;
-  clients: PeerClient[];
+  /** the configured peers' clients (the list changes on reload) */
+  clients: () => PeerClient[];
   /** the link's deadline per request (a reload may change it) */
   timeoutMs: () => number;
   promoteAfterMs: number;
@@ -81,7 +84,31 @@ export class Failover {
 
   constructor(private readonly o: FailoverOptions) {
     this.metrics = o.metrics ?? noMetrics;
-    for (const c of o.clients) this.primary.set(c.name, { needed: true, since: this.startedAt, running: false });
+    for (const c of o.clients()) this.primary.set(c.name, { needed: true, since: this.startedAt, running: false });
+  }
+
+  /** A peer added by reload: reconcile with it before delivering what it may hold. */
+  addPeer(name: string): void {
+    if (!this.primary.has(name)) this.primary.set(name, { needed: true, since: monotonicMs(), running: false });
+  }
+
+  removePeer(name: string): void {
+    this.primary.delete(name);
+    this.cursor.delete(name);
+  }
+
+  private client(name: string): PeerClient | undefined {
+    return this.o.clients().find((c) => c.name === name);
+  }
+
+  /**
+   * Every origin to watch as a shadow holder: the configured peers and any other origin this
+   * node still holds copies of (a peer removed from the list, a node that left).
+   */
+  private origins(): string[] {
+    const names = new Set(this.o.clients().map((c) => c.name));
+    for (const o of this.o.spool.shadowOrigins()) names.add(o);
+    return [...names];
   }
 
   stop(): void {
@@ -106,11 +133,11 @@ export class Failover {
    */
   async tick(now = Date.now(), mono = monotonicMs()): Promise<void> {
     if (this.stopped) return;
-    for (const c of this.o.clients) {
-      const since = this.o.lastContact(c.name) ?? this.startedAt;
-      if (mono - since >= this.o.promoteAfterMs && !this.promoting.has(c.name) && this.o.spool.hasShadowsFrom(c.name)) {
-        this.o.log.warn({ peer: c.name, unreachableMs: Math.round(mono - since) }, 'peer unreachable for promoteAfterMs: promoting its shadow copies');
-        await this.promote(c.name, 'origin unreachable');
+    for (const origin of this.origins()) {
+      const since = this.o.lastContact(origin) ?? this.startedAt;
+      if (mono - since >= this.o.promoteAfterMs && !this.promoting.has(origin) && this.o.spool.hasShadowsFrom(origin)) {
+        this.o.log.warn({ peer: origin, unreachableMs: Math.round(mono - since) }, 'peer unreachable for promoteAfterMs: promoting its shadow copies');
+        await this.promote(origin, 'origin unreachable');
       }
     }
     if (mono - this.lastSweep >= this.o.reconcileIntervalMs && !this.sweeping) {
@@ -143,20 +170,20 @@ export class Failover {
   }
 
   private async expireShadows(now: number): Promise<void> {
-    for (const c of this.o.clients) {
-      const old = this.o.spool.oldShadows(c.name, now - this.o.maxShadowAgeMs, 1000);
+    for (const origin of this.origins()) {
+      const old = this.o.spool.oldShadows(origin, now - this.o.maxShadowAgeMs, 1000);
       if (old.length === 0) continue;
-      const dropped = await this.o.spool.dropShadows(c.name, old.map((r) => r.id));
+      const dropped = await this.o.spool.dropShadows(origin, old.map((r) => r.id));
       if (dropped.length) this.metrics.shadowsDropped('expired', dropped.length);
       for (const id of dropped) {
-        this.o.log.warn({ id, origin: c.name, maxShadowAgeMs: this.o.maxShadowAgeMs }, 'shadow expired: dropped a copy older than maxShadowAgeMs');
+        this.o.log.warn({ id, origin, maxShadowAgeMs: this.o.maxShadowAgeMs }, 'shadow expired: dropped a copy older than maxShadowAgeMs');
       }
     }
   }
 
   /** Drops copies whose live primary (same incarnation) no longer holds the message. */
   private async checkOrphans(now: number): Promise<void> {
-    for (const c of this.o.clients) {
+    for (const c of this.o.clients()) {
       const inc = this.incarnationOf.get(c.name);
       if (!inc || !this.o.isUp(c.name)) continue;
       const after = this.cursor.get(c.name) ?? { receivedAt: -1, id: '' };
@@ -213,8 +240,9 @@ export class Failover {
     return this.o.spool.forgetPromoted(peer, ids);
   }
 
-  known(ids: string[]): string[] {
-    return this.o.spool.knownPrimaries(ids);
+  /** `peer` asks which of these it holds copies of are still ours with our shadow on it. */
+  known(peer: string, ids: string[]): string[] {
+    return this.o.spool.knownPrimaries(ids, peer);
   }
 
   // ---- primary side -----------------------------------------------------------------
@@ -236,9 +264,9 @@ export class Failover {
   }
 
   private async reconcileWith(peer: string): Promise<void> {
-    const p = this.primary.get(peer)!;
-    const client = this.o.clients.find((c) => c.name === peer)!;
-    if (!p.needed || p.running || this.stopped) return;
+    const p = this.primary.get(peer);
+    const client = this.client(peer);
+    if (!p || !client || !p.needed || p.running || this.stopped) return;
     p.running = true;
     const started = p.since;
     try {

@@ -5,8 +5,15 @@
  * - Transport: HTTP/2 over mutual TLS (Node core). One warm session per peer, requests
  *   multiplexed, TCP_NODELAY on every socket. Both ends verify against `shadow.tls.ca` and
  *   check that the other's certificate names a configured peer.
- * - replicate(): sends the shadow copy to the first peer that confirms it is on its disk
- *   within `timeoutMs`. The caller answers 250 only after that.
+ * - replicate(): puts the shadow copy on one peer, chosen per message (placement.ts: another
+ *   zone first, rendezvous hashing of the id over the peers this node can replicate to now —
+ *   the link's own health: up, spool not full, not draining, no put stalled on it). Within
+ *   one `timeoutMs` budget: a peer that fails fast (refused, reconnecting) gives way to the
+ *   next candidate at once; one that has not answered after half the budget gets the next
+ *   candidate started beside it (a hedge), first confirmation wins. A copy that may have
+ *   been left on a loser is owed a discard. The caller answers 250 only after a confirmation
+ *   and records the winner as the message's shadow peer: its discards, recipient discards
+ *   and reconcile go there.
  * - Discards: the spool's outbox holds discards owed to each peer; a pump sends them in
  *   batches and deletes them only once the peer confirms (retried until then).
  * - Discards are whole-message (every recipient done) or recipient-level (some done, so a
@@ -18,12 +25,17 @@
  *   exchange in either direction — that is what promotion timing goes by (a peer that still
  *   reaches us is alive, even if we cannot reach it).
  * - Promotion, reconcile, orphan and age checks live in failover.ts (summary there; README
- *   "Failure handling").
+ *   "Failure handling"), per origin: every origin this node holds copies of is watched.
+ * - The peer list is live (`setPeers`, on reload): a node added starts taking shadows.
+ * - Drain (drain.ts): `transfer` hands a primary to a peer, `reshadow` asks an origin to
+ *   shadow its copies elsewhere; the answering side is `takeTransfer` / `answerReshadow`.
  */
 import type { Logger } from 'pino';
-import type { LinkSpool } from '../spool/index.js';
+import type { DrainSpool, MessageWithBody } from '../spool/index.js';
 import { PeerClient, PeerError } from './client.js';
-import { ShadowServer, type TlsFiles } from './server.js';
+import { ShadowServer, type TlsFiles, type PeerInfo } from './server.js';
+import { rankPeers, type Placement } from './placement.js';
+import type { PutMeta, TransferMeta } from './protocol.js';
 import { Failover, type FailoverMetrics } from './failover.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 import type { HostPort } from '../base/net.js';
@@ -32,17 +44,28 @@ import { monotonicMs } from '../base/clock.js';
 
 export { PeerError } from './client.js';
 export type { TlsFiles } from './server.js';
+export type { Placement } from './placement.js';
+
+export interface PeerAddress {
+  name: string;
+  address: HostPort;
+  /** configured failure domain; else the one the peer announces */
+  zone?: string | undefined;
+}
 
 /** What a config reload may change on a running link. */
 export interface ShadowLinkSettings {
   tls: TlsFiles;
   timeoutMs: number;
+  peers: PeerAddress[];
+  placement: Placement;
 }
 
 export interface ShadowLinkOptions extends ShadowLinkSettings {
   nodeName: string;
+  /** this node's failure domain (node.zone) */
+  zone?: string | undefined;
   listen: HostPort;
-  peers: Array<{ name: string; address: HostPort }>;
   heartbeatMs: number;
   promoteAfterMs: number;
   maxShadowAgeMs: number;
@@ -50,7 +73,7 @@ export interface ShadowLinkOptions extends ShadowLinkSettings {
   retryMaxAgeMs: number;
   reconcileIntervalMs: number;
   maxMessageSize: number;
-  spool: LinkSpool;
+  spool: DrainSpool;
   log: Logger;
   /** shadow copies were promoted: there is new work for the delivery worker */
   onPromoted?: () => void;
@@ -78,6 +101,10 @@ export interface PeerStatus {
   lastError: string | null;
   /** the peer's spool refused the last copy for lack of room (its answer 507, or its heartbeat) */
   spoolFull: boolean;
+  /** its failure domain (configured, or announced in its heartbeats) */
+  zone: string | null;
+  /** it said it is draining: it takes no new copies */
+  draining: boolean;
 }
 
 /** How a put whose outcome was unknown was settled with the peer(s). */
@@ -93,6 +120,23 @@ interface PeerState {
   incarnation: string | null;
   lastError: string | null;
   spoolFull: boolean;
+  /** announced in its heartbeats */
+  zone: string | null;
+  draining: boolean;
+  /** monotonic start times of puts to it still unanswered */
+  inflight: Set<number>;
+  /** monotonic time of its last answer to a put */
+  lastAnswer: number;
+}
+
+/** A copy on a peer that could not be made (the link's own words), and where it may linger. */
+export type ReplicationError = Error & { maybeStoredOn?: string[]; triedOn?: string[] };
+
+export interface ReplicateOptions {
+  /** peers that must not hold this copy (drain: the node leaving, the copy's old holder) */
+  exclude?: string[];
+  /** recipients already delivered (a copy made again for a partly delivered message) */
+  done?: number[];
 }
 
 const DISCARD_BATCH = 500;
@@ -104,8 +148,9 @@ export class ShadowLink {
   private readonly failover: Failover;
   private readonly metrics: ShadowMetrics;
   private readonly server: ShadowServer;
-  private readonly clients: PeerClient[];
+  private readonly clients = new Map<string, PeerClient>();
   private readonly status = new Map<string, PeerState>();
+  private draining = false;
   private hbTimer: NodeJS.Timeout | undefined;
   private discardTimer: NodeJS.Timeout | undefined;
   private tickTimer: NodeJS.Timeout | undefined;
@@ -128,6 +173,7 @@ export class ShadowLink {
     }
     this.server = new ShadowServer({
       nodeName: o.nodeName,
+      zone: o.zone,
       peerNames: o.peers.map((p) => p.name),
       tls: o.tls,
       // the envelope meta rides along with the message bytes
@@ -135,44 +181,22 @@ export class ShadowLink {
       spool: o.spool,
       log: o.log,
       hooks: {
-        contact: (peer, incarnation) => this.contact(peer, incarnation),
+        contact: (peer, incarnation, info) => this.contact(peer, incarnation, info),
         discard: (peer, body) => this.failover.applyDiscard(peer, body),
         reconcile: (peer, incarnation) => this.failover.answerReconcile(peer, incarnation),
         reconcileDone: (peer, ids) => this.failover.reconcileDone(peer, ids),
-        known: (_peer, ids) => this.failover.known(ids),
+        known: (peer, ids) => this.failover.known(peer, ids),
+        draining: () => this.draining,
+        transfer: (peer, id, meta, raw) => this.takeTransfer(peer, id, meta, raw),
+        reshadow: (peer, ids) => this.answerReshadow(peer, ids),
       },
     });
-    this.clients = o.peers.map((p) => {
-      this.status.set(p.name, { name: p.name, lastSeen: null, lastContact: null, lastPut: null, rttMs: null, incarnation: null, lastError: null, spoolFull: false });
-      return new PeerClient({
-        name: p.name,
-        host: p.address.host,
-        port: p.address.port,
-        tls: o.tls,
-        // a handshake takes milliseconds; waiting the whole request deadline for one that
-        // stalled would delay recovery after a silent fault
-        connectTimeoutMs: Math.min(o.timeoutMs, Math.max(1000, o.heartbeatMs)),
-        pingIntervalMs: o.heartbeatMs,
-        pingTimeoutMs: o.timeoutMs,
-        backoffMs: { initialMs: 100, maxMs: Math.min(1000, o.heartbeatMs) },
-        events: {
-          connected: (reconnect) => {
-            if (reconnect) this.metrics.linkReconnect(p.name);
-            this.o.log.debug({ peer: p.name, reconnect }, 'shadow link session established');
-          },
-          up: () => this.linkUp(p.name),
-          down: (reason) => this.linkDown(p.name, reason),
-          pinged: (ms) => {
-            this.status.get(p.name)!.rttMs = ms;
-          },
-        },
-      });
-    });
+    for (const p of o.peers) this.addPeer(p);
     this.failover = new Failover({
       nodeName: o.nodeName,
       spool: o.spool,
       log: o.log,
-      clients: this.clients,
+      clients: () => [...this.clients.values()],
       timeoutMs: () => this.o.timeoutMs,
       promoteAfterMs: o.promoteAfterMs,
       maxShadowAgeMs: o.maxShadowAgeMs,
@@ -183,6 +207,84 @@ export class ShadowLink {
       onReleased: () => o.onReleased?.(),
       metrics: this.metrics,
     });
+  }
+
+  private addPeer(p: PeerAddress): PeerClient {
+    const o = this.o;
+    this.status.set(p.name, {
+      name: p.name,
+      lastSeen: null,
+      lastContact: null,
+      lastPut: null,
+      rttMs: null,
+      incarnation: null,
+      lastError: null,
+      spoolFull: false,
+      zone: null,
+      draining: false,
+      inflight: new Set(),
+      lastAnswer: 0,
+    });
+    const client = new PeerClient({
+      name: p.name,
+      host: p.address.host,
+      port: p.address.port,
+      tls: o.tls,
+      // a handshake takes milliseconds; waiting the whole request deadline for one that
+      // stalled would delay recovery after a silent fault
+      connectTimeoutMs: Math.min(o.timeoutMs, Math.max(1000, o.heartbeatMs)),
+      pingIntervalMs: o.heartbeatMs,
+      pingTimeoutMs: o.timeoutMs,
+      backoffMs: { initialMs: 100, maxMs: Math.min(1000, o.heartbeatMs) },
+      events: {
+        connected: (reconnect) => {
+          if (reconnect) this.metrics.linkReconnect(p.name);
+          this.o.log.debug({ peer: p.name, reconnect }, 'shadow link session established');
+        },
+        up: () => this.linkUp(p.name),
+        down: (reason) => this.linkDown(p.name, reason),
+        pinged: (ms) => {
+          const st = this.status.get(p.name);
+          if (st) st.rttMs = ms;
+        },
+      },
+    });
+    this.clients.set(p.name, client);
+    return client;
+  }
+
+  /**
+   * Live change of the peer list (reload): new peers get a client (and take copies once
+   * their link is up), removed ones are closed. A removed peer's copies here stay watched as
+   * an origin (failover.ts); copies of ours it holds get no more discards — drain a node
+   * before removing it.
+   */
+  private setPeers(peers: PeerAddress[]): { added: string[]; removed: string[] } {
+    const want = new Map(peers.map((p) => [p.name, p]));
+    const added: string[] = [];
+    const removed: string[] = [];
+    const same = (a: HostPort | undefined, b: HostPort) => a?.host === b.host && a.port === b.port;
+    for (const [name, c] of this.clients) {
+      const p = want.get(name);
+      // a changed address is a new client
+      if (p && same(this.o.peers.find((x) => x.name === name)?.address, p.address)) continue;
+      c.close();
+      this.clients.delete(name);
+      this.status.delete(name);
+      if (!p) removed.push(name);
+    }
+    for (const p of peers) {
+      if (this.clients.has(p.name)) continue;
+      this.addPeer(p);
+      if (!this.o.peers.some((x) => x.name === p.name)) added.push(p.name);
+      this.failover.addPeer(p.name);
+    }
+    for (const name of removed) this.failover.removePeer(name);
+    this.server.setPeerNames(peers.map((p) => p.name));
+    this.o.peers = peers;
+    if (added.length || removed.length) this.o.log.info({ added, removed }, 'shadow peers changed');
+    if (!this.stopped && added.length) void this.heartbeatAll();
+    return { added, removed };
   }
 
   async start(): Promise<HostPort> {
@@ -211,11 +313,15 @@ export class ShadowLink {
   }
 
   /** A successful exchange in either direction: the peer is alive (promotion timing). */
-  private contact(peer: string, incarnation: string | null): void {
+  private contact(peer: string, incarnation: string | null, info?: PeerInfo): void {
     const s = this.status.get(peer);
     if (!s) return;
     s.lastSeen = Date.now();
     s.lastContact = monotonicMs();
+    if (info) {
+      if (info.zone !== undefined) s.zone = info.zone || null;
+      if (info.draining !== undefined) s.draining = info.draining;
+    }
     if (incarnation) {
       s.incarnation = incarnation;
       try {
@@ -244,7 +350,35 @@ export class ShadowLink {
   }
 
   private isUp(peer: string): boolean {
-    return this.clients.find((c) => c.name === peer)?.state === 'up';
+    return this.clients.get(peer)?.state === 'up';
+  }
+
+  /** A put to this peer has gone unanswered for half the budget while it answered nothing else. */
+  private stalled(s: PeerState, now: number): boolean {
+    for (const t of s.inflight) if (now - t > this.o.timeoutMs / 2 && s.lastAnswer < t) return true;
+    return false;
+  }
+
+  /** This node can replicate to the peer now: the link is up, its spool has room, it is not leaving. */
+  private healthy(name: string, now = monotonicMs()): boolean {
+    const s = this.status.get(name);
+    return !!s && this.clients.get(name)?.state === 'up' && !s.spoolFull && !s.draining && !this.stalled(s, now);
+  }
+
+  private zoneOf(name: string): string | undefined {
+    return this.o.peers.find((p) => p.name === name)?.zone ?? this.status.get(name)?.zone ?? undefined;
+  }
+
+  /**
+   * The peers to try for message `id`, in order: placement over the healthy ones; when none
+   * is healthy, over all of them (each fails at once while its link reconnects).
+   */
+  placementOrder(id: string, exclude: string[] = []): string[] {
+    const now = monotonicMs();
+    const all = [...this.clients.keys()].filter((n) => !exclude.includes(n) && !this.status.get(n)?.draining);
+    const rank = (names: string[]) => rankPeers(id, this.o.zone, names.map((name) => ({ name, zone: this.zoneOf(name) })), this.o.placement);
+    const order = rank(all.filter((n) => this.healthy(n, now)));
+    return order.length ? order : rank(all);
   }
 
   /** Peers this node must reconcile with before delivering what they hold copies of. */
@@ -259,15 +393,18 @@ export class ShadowLink {
 
   /** Sends one heartbeat to every peer. Resolves when all have answered or failed. */
   async heartbeatAll(): Promise<void> {
+    const me = { name: this.o.nodeName, incarnation: this.o.spool.incarnation, ...(this.o.zone ? { zone: this.o.zone } : {}), ...(this.draining ? { draining: true } : {}) };
     await Promise.all(
-      this.clients.map(async (c) => {
+      [...this.clients.values()].map(async (c) => {
         try {
           const t0 = monotonicMs();
-          const r = await c.heartbeat({ name: this.o.nodeName, incarnation: this.o.spool.incarnation }, this.o.timeoutMs);
-          const st = this.status.get(c.name)!;
+          const r = await c.heartbeat(me, this.o.timeoutMs);
+          const st = this.status.get(c.name);
+          if (!st) return;
           st.rttMs = monotonicMs() - t0;
           st.spoolFull = r.spoolFull === true;
-          this.contact(c.name, r.incarnation);
+          // an older peer says nothing about zones or draining
+          this.contact(c.name, r.incarnation, { zone: typeof r.zone === 'string' ? r.zone : undefined, draining: r.draining === true });
         } catch (e) {
           this.failed(c.name, e as Error);
         }
@@ -277,41 +414,94 @@ export class ShadowLink {
   }
 
   /**
-   * Puts the shadow copy on a peer's disk. Resolves with the peer's name; rejects with
-   * PeerError when no peer confirmed in time.
+   * Puts the shadow copy on one peer's disk (placement, failover within one `timeoutMs`
+   * budget: see the summary at the top). Resolves with the peer's name; rejects with a
+   * PeerError naming in `maybeStoredOn` the peers that got the bytes but gave no answer, and
+   * in `triedOn` every peer a request went to.
    */
-  async replicate(m: Envelope): Promise<string> {
-    let last: Error | undefined;
-    // peers that got the copy's bytes but gave no answer: they may hold it
-    const maybe: string[] = [];
-    for (const c of this.clients) {
-      try {
-        const t0 = monotonicMs();
-        await c.put(
-          m.id,
-          { sender: m.sender, recipients: m.recipients, receivedAt: m.receivedAt, incarnation: this.o.spool.incarnation },
-          m.body,
-          this.o.timeoutMs,
-        );
-        this.metrics.replicated(c.name, (monotonicMs() - t0) / 1000);
-        this.contact(c.name, null);
-        const st = this.status.get(c.name);
-        if (st) {
-          st.lastPut = Date.now();
-          st.spoolFull = false;
+  replicate(m: Envelope, opts: ReplicateOptions = {}): Promise<string> {
+    const order = this.placementOrder(m.id, opts.exclude);
+    const budgetEnd = monotonicMs() + this.o.timeoutMs;
+    const hedgeMs = this.o.timeoutMs / 2;
+    const meta: PutMeta = { sender: m.sender, recipients: m.recipients, receivedAt: m.receivedAt, incarnation: this.o.spool.incarnation };
+    if (opts.done?.length) meta.done = opts.done;
+    return new Promise<string>((resolve, reject) => {
+      let next = 0;
+      let running = 0;
+      let settled = false;
+      const tried: string[] = [];
+      const maybe: string[] = [];
+      let last: Error | undefined;
+      const failAll = () => {
+        settled = true;
+        const why =
+          order.length === 0
+            ? this.o.placement === 'remoteOnly'
+              ? 'no peer in another zone can take a copy (shadow.placement: remoteOnly)'
+              : 'no peer can take a copy'
+            : 'no peer confirmed the copy';
+        const err: ReplicationError = last ?? new PeerError(why, 'unreachable');
+        if (maybe.length) err.maybeStoredOn = maybe;
+        err.triedOn = tried;
+        reject(err);
+      };
+      // a copy that may be on a peer other than the one recorded: it is owed a discard
+      const stray = (peer: string) => void this.o.spool.oweDiscards(peer, [m.id]).then(() => this.pumpDiscards(), () => undefined);
+      const launch = (): boolean => {
+        while (next < order.length && !settled) {
+          const left = budgetEnd - monotonicMs();
+          if (left <= 1) return false;
+          const c = this.clients.get(order[next++]!);
+          if (!c) continue;
+          const st = this.status.get(c.name);
+          running++;
+          tried.push(c.name);
+          const t0 = monotonicMs();
+          st?.inflight.add(t0);
+          // no answer after half the budget: start the next candidate beside it
+          const hedge = next < order.length ? setTimeout(() => settled || launch(), Math.min(hedgeMs, left)) : undefined;
+          c.put(m.id, meta, m.body, left).then(
+            () => {
+              running--;
+              this.metrics.replicated(c.name, (monotonicMs() - t0) / 1000);
+              this.contact(c.name, null);
+              if (st) {
+                st.lastPut = Date.now();
+                st.spoolFull = false;
+                st.lastAnswer = monotonicMs();
+              }
+              if (settled) return stray(c.name);
+              settled = true;
+              for (const p of maybe) stray(p);
+              resolve(c.name);
+            },
+            (e: unknown) => {
+              running--;
+              this.metrics.replicationFailed(c.name);
+              const pe = e as PeerError;
+              if (st && pe instanceof PeerError && pe.kind === 'refused') st.lastAnswer = monotonicMs();
+              if (pe instanceof PeerError && pe.status === 507 && st) st.spoolFull = true;
+              if (pe instanceof PeerError && pe.status === 503 && /draining/.test(pe.message) && st) st.draining = true;
+              this.failed(c.name, pe);
+              if (settled) {
+                if (pe instanceof PeerError && pe.maybeDone) stray(c.name);
+                return;
+              }
+              last = pe;
+              if (pe instanceof PeerError && pe.maybeDone) maybe.push(c.name);
+              // a failure: the next candidate now (no waiting for the hedge)
+              if (!launch() && running === 0) failAll();
+            },
+          ).finally(() => {
+            clearTimeout(hedge);
+            st?.inflight.delete(t0);
+          });
+          return true;
         }
-        return c.name;
-      } catch (e) {
-        this.metrics.replicationFailed(c.name);
-        last = e as Error;
-        if (e instanceof PeerError && e.maybeDone) maybe.push(c.name);
-        if (e instanceof PeerError && e.status === 507) this.status.get(c.name)!.spoolFull = true;
-        this.failed(c.name, last);
-      }
-    }
-    const err = (last ?? new PeerError('no peer configured', 'unreachable')) as Error & { maybeStoredOn?: string[] };
-    if (maybe.length) err.maybeStoredOn = maybe;
-    throw err;
+        return false;
+      };
+      if (!launch()) failAll();
+    });
   }
 
   /**
@@ -332,7 +522,7 @@ export class ShadowLink {
     this.o.log.warn({ id, peers }, 'shadow copy in doubt (no answer from the peer): asking whether it stored it');
     while (!this.stopped && !this.doubtsEnded && monotonicMs() < deadline) {
       for (const name of [...open]) {
-        const c = this.clients.find((x) => x.name === name);
+        const c = this.clients.get(name);
         if (!c) {
           open.delete(name);
           continue;
@@ -385,7 +575,7 @@ export class ShadowLink {
   }
 
   private async sendDiscards(): Promise<void> {
-    for (const c of this.clients) {
+    for (const c of [...this.clients.values()]) {
       for (;;) {
         if (this.stopped) return;
         const ids = this.o.spool.owedDiscards(c.name, DISCARD_BATCH);
@@ -412,29 +602,159 @@ export class ShadowLink {
    * presents them on new connections; client sessions close gracefully (requests in flight
    * finish) and the next request reconnects with the new ones.
    */
-  reload(s: ShadowLinkSettings): void {
+  reload(s: ShadowLinkSettings): { added: string[]; removed: string[] } {
     this.server.setTls(s.tls);
-    for (const c of this.clients) c.setTls(s.tls);
     this.o.tls = s.tls;
+    for (const c of this.clients.values()) c.setTls(s.tls);
     this.o.timeoutMs = s.timeoutMs;
+    this.o.placement = s.placement;
+    return this.setPeers(s.peers);
   }
 
   peers(): PeerStatus[] {
-    return this.clients.map((c) => {
+    return [...this.clients.values()].map((c) => {
       const s = this.status.get(c.name)!;
       const link = c.state;
-      return { name: s.name, up: link === 'up', link, lastSeen: s.lastSeen, lastPut: s.lastPut, rttMs: s.rttMs, incarnation: s.incarnation, lastError: s.lastError, spoolFull: s.spoolFull };
+      return {
+        name: s.name,
+        up: link === 'up',
+        link,
+        lastSeen: s.lastSeen,
+        lastPut: s.lastPut,
+        rttMs: s.rttMs,
+        incarnation: s.incarnation,
+        lastError: s.lastError,
+        spoolFull: s.spoolFull,
+        zone: this.zoneOf(c.name) ?? null,
+        draining: s.draining,
+      };
     });
   }
 
   /** Whether some peer could take a shadow copy now (this node's requests to it succeed). */
   anyPeerUp(): boolean {
-    return this.clients.some((c) => c.state === 'up');
+    return [...this.clients.values()].some((c) => c.state === 'up');
   }
 
-  /** Some peer is up and its spool has room (readiness). */
+  /** Some peer can take a copy now under this node's placement (readiness). */
   canShadow(): boolean {
-    return this.clients.some((c) => c.state === 'up' && !this.status.get(c.name)!.spoolFull);
+    const names = [...this.clients.keys()].filter((n) => this.clients.get(n)!.state === 'up' && !this.status.get(n)!.spoolFull && !this.status.get(n)!.draining);
+    if (this.o.placement !== 'remoteOnly') return names.length > 0;
+    return rankPeers('', this.o.zone, names.map((name) => ({ name, zone: this.zoneOf(name) })), 'remoteOnly').length > 0;
+  }
+
+  /** This node is draining: it takes no new copies (503) and says so in its heartbeats. */
+  setDraining(on: boolean): void {
+    if (this.draining === on) return;
+    this.draining = on;
+    void this.heartbeatAll();
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Peers that can take a message over now (drain): healthy, and not draining themselves. */
+  transferCandidates(id: string, exclude: string[] = []): string[] {
+    const now = monotonicMs();
+    const names = [...this.clients.keys()].filter((n) => !exclude.includes(n) && this.healthy(n, now));
+    return rankPeers(id, undefined, names.map((name) => ({ name })), 'any');
+  }
+
+  /** Whether `peer` can take copies or messages now (drain). */
+  isHealthy(peer: string): boolean {
+    return this.healthy(peer);
+  }
+
+  // ---- drain: both sides ------------------------------------------------------------
+
+  /**
+   * Hands one of this node's primaries to `to` (drain). Resolves once `to` holds it as its
+   * own primary with a shadow on a third node, both durable; the caller then drops its copy.
+   */
+  async transfer(m: MessageWithBody, to: string): Promise<{ result: 'accepted' | 'exists'; shadowPeer: string }> {
+    const c = this.clients.get(to);
+    if (!c) throw new PeerError(`peer ${to} is not configured`, 'unreachable');
+    const pending = m.recipients.filter((r) => r.state === 'pending').map((r) => r.address);
+    const meta: TransferMeta = {
+      sender: m.sender,
+      recipients: pending,
+      receivedAt: m.receivedAt,
+      incarnation: this.o.spool.incarnation,
+      shadowPeer: m.shadowPeer,
+      ...(m.state === 'held' ? { held: true } : {}),
+    };
+    // the taking node puts its own shadow copy (up to timeoutMs) before it answers
+    return c.transfer(m.id, meta, m.body, 3 * this.o.timeoutMs);
+  }
+
+  /** Asks `origin` to shadow these copies of its messages elsewhere (drain). */
+  async reshadow(origin: string, ids: string[]): Promise<{ moved: string[]; gone: string[] }> {
+    const c = this.clients.get(origin);
+    if (!c) throw new PeerError(`peer ${origin} is not configured`, 'unreachable');
+    return c.reshadow(ids, 4 * this.o.timeoutMs);
+  }
+
+  /**
+   * A draining peer hands us a message: shadow it on a third node (not the peer leaving;
+   * not the copy's current holder either, unless that holder is us), then take it over.
+   */
+  private async takeTransfer(from: string, id: string, meta: TransferMeta, raw: Buffer): Promise<[number, unknown]> {
+    if (this.draining || this.stopped) return [503, { error: 'draining: not taking messages' }];
+    const have = this.o.spool.get(id);
+    if (have?.role === 'primary' && have.origin === this.o.nodeName && have.shadowPeer) return [201, { result: 'exists', shadowPeer: have.shadowPeer }];
+    if (meta.recipients.length === 0) return [400, { error: 'no recipient left to deliver' }];
+    const exclude = [from, ...(meta.shadowPeer && meta.shadowPeer !== this.o.nodeName ? [meta.shadowPeer] : [])];
+    let shadowPeer: string;
+    try {
+      shadowPeer = await this.replicate({ id, sender: meta.sender, recipients: meta.recipients, receivedAt: meta.receivedAt, body: raw }, { exclude });
+    } catch (e) {
+      const err = e as ReplicationError;
+      // a copy that may have landed is an orphan: owe discards (and the orphan check drops it)
+      for (const p of err.maybeStoredOn ?? []) void this.o.spool.oweDiscards(p, [id]).catch(() => undefined);
+      this.o.log.warn({ id, from, err: err.message }, 'transfer refused: no third node took the shadow copy');
+      return [503, { error: `no shadow copy on a third node: ${err.message}` }];
+    }
+    const r = await this.o.spool.takeTransfer({ id, sender: meta.sender, recipients: meta.recipients, receivedAt: meta.receivedAt, body: raw, held: meta.held }, shadowPeer);
+    if (r === 'conflict') {
+      await this.o.spool.oweDiscards(shadowPeer, [id]);
+      return [409, { error: 'another message of this id is queued here' }];
+    }
+    this.o.log.info({ id, from, shadowPeer, nrcpt: meta.recipients.length, result: r }, 'transferred in: queued here, shadowed on a third node');
+    this.o.onPromoted?.();
+    return [201, { result: r, shadowPeer }];
+  }
+
+  /** A draining holder asks us to shadow these of our messages elsewhere. */
+  private async answerReshadow(from: string, ids: string[]): Promise<{ moved: string[]; gone: string[] }> {
+    const moved: string[] = [];
+    const gone: string[] = [];
+    const work = ids.slice();
+    const one = async (id: string) => {
+      const m = this.o.spool.getWithBody(id);
+      if (!m || m.role !== 'primary' || m.origin !== this.o.nodeName || (m.shadowPeer !== from && m.state !== 'spooled')) {
+        // delivered meanwhile, never accepted, or shadowed elsewhere already
+        if (m?.role === 'primary' && m.shadowPeer && m.shadowPeer !== from) moved.push(id);
+        else gone.push(id);
+        return;
+      }
+      if (m.state === 'spooled') return; // its accept is still running: asked again later
+      const done = m.recipients.filter((r) => r.state !== 'pending').map((r) => r.idx);
+      try {
+        const to = await this.replicate({ id, sender: m.sender, recipients: m.recipients.map((r) => r.address), receivedAt: m.receivedAt, body: m.body }, { exclude: [from], done });
+        const r = await this.o.spool.reshadowed(id, from, to);
+        (r === 'moved' ? moved : gone).push(id);
+        this.o.log.info({ id, from, to, result: r }, 'reshadowed: copy moved off a draining peer');
+      } catch (e) {
+        this.o.log.debug({ id, from, err: (e as Error).message }, 'reshadow failed (the draining peer asks again)');
+      }
+    };
+    const workers = Array.from({ length: Math.min(16, work.length) }, async () => {
+      for (let id = work.shift(); id !== undefined; id = work.shift()) await one(id);
+    });
+    await Promise.all(workers);
+    this.pumpDiscards();
+    return { moved, gone };
   }
 
   /** The node is stopping: copies in doubt stay unknown (a stop must not wait promoteAfterMs). */
@@ -449,7 +769,7 @@ export class ShadowLink {
     clearInterval(this.discardTimer);
     clearTimeout(this.discardSoon);
     clearInterval(this.tickTimer);
-    for (const c of this.clients) c.close();
+    for (const c of this.clients.values()) c.close();
     await this.server.close();
   }
 }

@@ -15,7 +15,21 @@
  *   POST /v1/reconcile/done  {"ids":[...]}              → 200 {"forgotten":n}
  *                            the primary dropped those; the records can go
  *   POST /v1/known           {"ids":[...]}              → 200 {"known":[ids]}
- *                            which of these the answering primary still holds (orphan check)
+ *                            which of these the answering primary still holds with its
+ *                            shadow on the asking node (orphan check)
+ *   PUT  /v1/transfer/<id>   body as a PUT, meta + "shadowPeer" (the copy's current holder),
+ *                            "held"                     → 201 {"result":"accepted"|"exists","shadowPeer"}
+ *                            drain: the answering node takes the message over as its own
+ *                            primary (remaining recipients only), its shadow on a third node,
+ *                            both durable before the reply; 503 when it cannot
+ *   POST /v1/reshadow        {"ids":[...]}              → 200 {"moved":[ids],"gone":[ids]}
+ *                            drain: the asking node holds these shadows of the answering
+ *                            primary and is leaving; moved = shadowed elsewhere now, gone =
+ *                            the primary no longer holds them
+ *
+ * Heartbeats (both directions) also carry the sender's `zone` and `draining` (a draining
+ * node takes no new copies: placement skips it). A node of an older version ignores them,
+ * and answers 404 to transfer and reshadow.
  *
  * The sender's identity is taken from its client certificate, never from the body.
  */
@@ -24,6 +38,14 @@ export interface PutMeta {
   recipients: string[];
   receivedAt: number;
   incarnation: string;
+  /** indexes of recipients already delivered (a copy made again for a partly delivered message) */
+  done?: number[];
+}
+
+export interface TransferMeta extends PutMeta {
+  /** the node that holds the message's shadow copy now (null: none) */
+  shadowPeer: string | null;
+  held?: boolean;
 }
 
 export interface HeartbeatBody {
@@ -31,6 +53,10 @@ export interface HeartbeatBody {
   incarnation: string;
   /** in an answer: this node's spool refused the last copy for lack of room */
   spoolFull?: boolean;
+  /** the sender's failure domain (node.zone) */
+  zone?: string;
+  /** the sender is draining: it takes no new copies */
+  draining?: boolean;
 }
 
 export interface DiscardBody {
@@ -74,9 +100,20 @@ export function decodePut(buf: Buffer): { meta: PutMeta; raw: Buffer } {
     m.recipients.length === 0 ||
     !m.recipients.every((r) => typeof r === 'string') ||
     typeof m.receivedAt !== 'number' ||
-    typeof m.incarnation !== 'string'
+    typeof m.incarnation !== 'string' ||
+    (m.done !== undefined && !(Array.isArray(m.done) && m.done.every((i) => Number.isInteger(i) && i >= 0 && i < m.recipients!.length)))
   ) {
     throw new ProtocolError('meta fields missing or of the wrong type');
   }
   return { meta: m as PutMeta, raw: buf.subarray(4 + len) };
+}
+
+/** A transfer body: a PUT body whose meta also names the current shadow holder. */
+export function decodeTransfer(buf: Buffer): { meta: TransferMeta; raw: Buffer } {
+  const { meta, raw } = decodePut(buf);
+  const t = meta as Partial<TransferMeta>;
+  if (!(t.shadowPeer === null || typeof t.shadowPeer === 'string') || (t.held !== undefined && typeof t.held !== 'boolean')) {
+    throw new ProtocolError('transfer meta: shadowPeer must be a name or null');
+  }
+  return { meta: meta as TransferMeta, raw };
 }

@@ -21,7 +21,7 @@ import type { TLSSocket, PeerCertificate } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { ServerSpool } from '../spool/index.js';
-import { decodePut, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody } from './protocol.js';
+import { decodePut, decodeTransfer, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody, type TransferMeta } from './protocol.js';
 import { sharedConcat } from '../base/buffers.js';
 import { listenOn } from '../base/net.js';
 
@@ -33,6 +33,8 @@ export interface TlsFiles {
 
 export interface ShadowServerOptions {
   nodeName: string;
+  /** this node's failure domain, told in heartbeat answers */
+  zone?: string | undefined;
   peerNames: string[];
   tls: TlsFiles;
   maxBodyBytes: number;
@@ -41,14 +43,26 @@ export interface ShadowServerOptions {
   hooks: ShadowServerHooks;
 }
 
+/** What a peer says about itself in a heartbeat (absent from older versions). */
+export interface PeerInfo {
+  zone?: string | undefined;
+  draining?: boolean | undefined;
+}
+
 /** What the link does with a peer's requests beyond storing copies. */
 export interface ShadowServerHooks {
   /** any authenticated request: the peer is alive; `incarnation` when the request names it */
-  contact(peer: string, incarnation: string | null): void;
+  contact(peer: string, incarnation: string | null, info?: PeerInfo): void;
   discard(peer: string, body: DiscardBody): Promise<number>;
   reconcile(peer: string, incarnation: string): Promise<string[]>;
   reconcileDone(peer: string, ids: string[]): Promise<number>;
   known(peer: string, ids: string[]): string[];
+  /** this node is draining: it takes no new copies */
+  draining(): boolean;
+  /** a draining peer hands this node a message: [status, answer] */
+  transfer(peer: string, id: string, meta: TransferMeta, raw: Buffer): Promise<[number, unknown]>;
+  /** a draining peer asks this node to shadow these of its messages elsewhere */
+  reshadow(peer: string, ids: string[]): Promise<{ moved: string[]; gone: string[] }>;
 }
 
 /** Most ids one request may name (a discard batch is 500). */
@@ -58,8 +72,10 @@ const REFUSE_LATE_MS = 86400_000;
 const REFUSE_LATE_MAX = 100000;
 
 /** Names a certificate vouches for: its DNS SANs and CN. */
-export function certNames(cert: PeerCertificate): string[] {
+export function certNames(cert: PeerCertificate | null | undefined): string[] {
   const names: string[] = [];
+  // a socket already closed has no peer certificate any more (null)
+  if (!cert) return names;
   if (cert.subjectaltname) {
     for (const part of cert.subjectaltname.split(/,\s*/)) {
       if (part.startsWith('DNS:')) names.push(part.slice(4));
@@ -124,6 +140,15 @@ export class ShadowServer {
     this.server.on('tlsClientError', (err) => o.log.debug({ err: err.message }, 'shadow: TLS handshake failed'));
   }
 
+  /** The peer list changed (reload): sessions of a removed peer are closed. */
+  setPeerNames(names: string[]): void {
+    this.o.peerNames = names;
+    for (const session of this.sessions) {
+      const peer = this.peerOf.get(session);
+      if (peer && !names.includes(peer)) session.destroy();
+    }
+  }
+
   /** New certificates for connections made from now on (config reload). */
   setTls(tls: TlsFiles): void {
     this.server.setSecureContext({ ca: tls.ca, cert: tls.cert, key: tls.key, minVersion: 'TLSv1.2' });
@@ -138,7 +163,7 @@ export class ShadowServer {
     // the session's socket is a proxy; look the peer up through the real TLS socket's cert
     if (!sock) return undefined;
     const cached = this.peerOf.get(stream.session!);
-    if (cached) return cached;
+    if (cached) return this.o.peerNames.includes(cached) ? cached : undefined;
     const names = certNames(sock.getPeerCertificate());
     const peer = this.o.peerNames.find((p) => names.includes(p));
     if (peer) this.peerOf.set(stream.session!, peer);
@@ -190,6 +215,8 @@ export class ShadowServer {
       const { meta, raw } = decodePut(body);
       hooks.contact(peer, meta.incarnation);
       const key = `${peer} ${id}`;
+      // a node leaving takes no new copies: the primary tries its next candidate at once
+      if (hooks.draining()) return [503, { error: 'draining: this node takes no new copies' }];
       if ((this.refuseLate.get(key) ?? 0) > Date.now()) {
         this.o.log.warn({ id, peer }, 'shadow refused: its primary already settled this message without our copy');
         return [409, { error: 'resolved as not held: copy refused' }];
@@ -202,6 +229,7 @@ export class ShadowServer {
         recipients: meta.recipients,
         receivedAt: meta.receivedAt,
         body: raw,
+        ...(meta.done?.length ? { done: meta.done } : {}),
       });
       this.storing.set(key, store.catch(() => undefined));
       let result: 'stored' | 'exists';
@@ -261,8 +289,37 @@ export class ShadowServer {
         const h = j as Partial<HeartbeatBody>;
         return typeof h.name === 'string' && typeof h.incarnation === 'string' ? (h as HeartbeatBody) : null;
       });
-      hooks.contact(peer, hb.incarnation);
-      return [200, { name: this.o.nodeName, incarnation: spool.incarnation, ...(this.full ? { spoolFull: true } : {}) }];
+      hooks.contact(peer, hb.incarnation, { zone: typeof hb.zone === 'string' ? hb.zone : undefined, draining: hb.draining === true });
+      return [
+        200,
+        {
+          name: this.o.nodeName,
+          incarnation: spool.incarnation,
+          ...(this.full ? { spoolFull: true } : {}),
+          ...(this.o.zone ? { zone: this.o.zone } : {}),
+          ...(hooks.draining() ? { draining: true } : {}),
+        },
+      ];
+    }
+    if (method === 'PUT' && url.startsWith('/v1/transfer/')) {
+      const id = url.slice('/v1/transfer/'.length);
+      if (!ID_RE.test(id)) throw new ProtocolError('bad message id');
+      const { meta, raw } = decodeTransfer(body);
+      hooks.contact(peer, meta.incarnation);
+      try {
+        return await hooks.transfer(peer, id, meta, raw);
+      } catch (err) {
+        if (!isFull(err)) throw err;
+        return [507, { error: 'spool full' }];
+      }
+    }
+    if (method === 'POST' && url === '/v1/reshadow') {
+      const ids = parseJson(body, (j) => {
+        const v = (j as { ids?: unknown }).ids;
+        return isIdList(v) ? v : null;
+      });
+      hooks.contact(peer, null);
+      return [200, await hooks.reshadow(peer, ids)];
     }
     if (method === 'POST' && url === '/v1/reconcile') {
       const inc = parseJson(body, (j) => {

@@ -412,6 +412,16 @@ export class SmtpListener {
    * client sees 421 for a message that was queued. Then the listener closes.
    */
   async drain(deadlineMs: number): Promise<void> {
+    await this.stopAccepting(deadlineMs);
+    await this.close();
+  }
+
+  /**
+   * The first half of a graceful stop, also used by a drain: 421 4.3.2 to new clients and
+   * transactions, messages being received may finish until `deadlineMs`, every message being
+   * accepted gets its answer; the listener stays open (answering 421).
+   */
+  async stopAccepting(deadlineMs: number): Promise<void> {
     this.draining = true;
     const until = async (cond: () => boolean, ms: number) => {
       const end = monotonicMs() + ms;
@@ -424,7 +434,6 @@ export class SmtpListener {
     shut();
     await until(() => this.accepting.size === 0, Number.POSITIVE_INFINITY);
     shut();
-    await this.close();
   }
 
   /**

@@ -42,6 +42,7 @@ import * as shadows from './shadows.js';
 import * as outbox from './outbox.js';
 import * as operator from './operator.js';
 import * as inspect from './inspect.js';
+import * as transfer from './transfer.js';
 import * as browse from './browse.js';
 import type { BrowsePage, BrowseQuery, ErrorGroup, QueueCounts } from './browse.js';
 import type {
@@ -59,6 +60,7 @@ import type {
   ShadowRef,
   SpoolContext,
   SpoolOptions,
+  TransferredMessage,
 } from './types.js';
 
 export type {
@@ -80,6 +82,7 @@ export type {
   RecipientDiscard,
   SpoolOptions,
   WritableSpoolOptions,
+  TransferredMessage,
 } from './types.js';
 export { MIGRATIONS } from './schema.js';
 export { BROWSE_STATES, type BrowseState, type BrowseQuery, type BrowsePage, type QueueCounts, type ErrorGroup } from './browse.js';
@@ -176,9 +179,50 @@ export class Spool {
     return this.write(() => primary.dropPromotedByPeer(this.c, peer, ids));
   }
 
-  /** Which of these ids this node holds as its own primary, in any state (orphan check). */
-  knownPrimaries(ids: string[]): string[] {
-    return primary.knownPrimaries(this.c, ids);
+  /**
+   * Which of these ids this node holds as its own primary (orphan check). With `asker`: only
+   * those whose shadow is on `asker` (or not yet confirmed anywhere) — a copy left on a peer
+   * that lost the race to another is an orphan too.
+   */
+  knownPrimaries(ids: string[], asker?: string): string[] {
+    return primary.knownPrimaries(this.c, ids, asker);
+  }
+
+  /** A copy of these ids may have been left on `peer` (a put that lost the race): owe it discards. */
+  oweDiscards(peer: string, ids: string[]): Promise<void> {
+    return this.write(() => primary.oweDiscards(this.c, peer, ids));
+  }
+
+  // ---- drain (transfer.ts) -------------------------------------------------------
+
+  /**
+   * Takes over a draining peer's message as this node's queued primary (remaining recipients
+   * only) with its shadow on `shadowPeer` (already confirmed); replaces a shadow copy of it
+   * held here, in the same transaction. 'exists': taken over before; 'conflict': this id is
+   * another primary here.
+   */
+  takeTransfer(m: TransferredMessage, shadowPeer: string): Promise<'accepted' | 'exists' | 'conflict'> {
+    return this.write(() => transfer.takeTransfer(this.c, m, shadowPeer));
+  }
+
+  /** A peer took this primary over: drop it here, owing its shadow holder a discard. */
+  handedOver(id: string): Promise<boolean> {
+    return this.write(() => transfer.handedOver(this.c, id));
+  }
+
+  /** The shadow of `id` moved from the draining `from` to `to` (confirmed there). */
+  reshadowed(id: string, from: string, to: string): Promise<'moved' | 'gone'> {
+    return this.write(() => transfer.reshadowed(this.c, id, from, to));
+  }
+
+  /** Primaries to hand over (queued and held), oldest first. */
+  drainPrimaries(limit: number): string[] {
+    return transfer.drainPrimaries(this.c, limit);
+  }
+
+  /** Shadow copies of `origin`, oldest first (to be re-homed before this node leaves). */
+  drainShadows(origin: string, limit: number): string[] {
+    return transfer.drainShadows(this.c, origin, limit);
   }
 
   // ---- shadow (peer) side and promotion (shadows.ts) -----------------------------
@@ -217,6 +261,11 @@ export class Spool {
 
   hasShadowsFrom(origin: string): boolean {
     return shadows.hasShadowsFrom(this.c, origin);
+  }
+
+  /** Every origin this node holds shadow copies of. */
+  shadowOrigins(): string[] {
+    return shadows.shadowOrigins(this.c);
   }
 
   /** Incarnations of `origin` this node holds shadow copies from. */
@@ -424,6 +473,7 @@ export interface FailoverSpool
     | 'shadowRecipientsDone'
     | 'promoteShadows'
     | 'hasShadowsFrom'
+    | 'shadowOrigins'
     | 'shadowIncarnations'
     | 'promotedFor'
     | 'forgetPromoted'
@@ -439,7 +489,12 @@ export interface FailoverSpool
 export interface LinkSpool
   extends ServerSpool,
     FailoverSpool,
-    Pick<Spool, 'owedDiscards' | 'owedRecipientDiscards' | 'discardsConfirmed' | 'recipientDiscardsConfirmed'> {}
+    Pick<Spool, 'owedDiscards' | 'owedRecipientDiscards' | 'discardsConfirmed' | 'recipientDiscardsConfirmed' | 'oweDiscards'> {}
+
+/** Drain (shadow/drain.ts) and taking over a draining peer's queue. */
+export interface DrainSpool
+  extends LinkSpool,
+    Pick<Spool, 'takeTransfer' | 'handedOver' | 'reshadowed' | 'drainPrimaries' | 'drainShadows' | 'getWithBody' | 'counts' | 'dropShadows'> {}
 
 /** The queue tools (ops/queue.ts): inspection and operator actions. */
 export interface QueueSpool

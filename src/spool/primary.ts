@@ -137,6 +137,12 @@ export function dropPromotedByPeer(c: SpoolContext, peer: string, ids: string[])
   return ids.filter((id) => c.st.dropOwnPromoted.run(id, c.node, peer).changes > 0);
 }
 
-export function knownPrimaries(c: SpoolContext, ids: string[]): string[] {
-  return ids.filter((id) => c.st.knownPrimary.get(id, c.node) !== undefined);
+export function knownPrimaries(c: SpoolContext, ids: string[], asker?: string): string[] {
+  if (asker === undefined) return ids.filter((id) => c.st.knownPrimary.get(id, c.node) !== undefined);
+  return ids.filter((id) => c.st.knownPrimaryFor.get(id, c.node, asker) !== undefined);
+}
+
+export function oweDiscards(c: SpoolContext, peer: string, ids: string[]): void {
+  const now = Date.now();
+  for (const id of ids) c.st.outboxAdd.run(peer, id, now);
 }

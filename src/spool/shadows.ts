@@ -10,6 +10,7 @@ export function storeShadow(c: SpoolContext, m: ShadowCopy): 'stored' | 'exists'
   // idempotent by id: the origin retries a copy whose ack it did not see
   if (c.st.exists.get(m.id)) return 'exists';
   insert(c, m, 'shadow', 'shadow', m.origin, m.originIncarnation);
+  for (const i of m.done ?? []) c.st.rcptDoneByOrigin.run(`done by ${m.origin}`, m.id, i);
   return 'stored';
 }
 
@@ -70,6 +71,11 @@ export function promoteShadows(c: SpoolContext, origin: string, now: number, exc
     promoted.push({ id: r.id, origin, pending });
   }
   return { promoted, emptied };
+}
+
+/** Every origin this node holds shadow copies of (configured as a peer or not). */
+export function shadowOrigins(c: SpoolContext): string[] {
+  return (c.st.shadowOrigins.all() as Array<{ origin: string }>).map((r) => r.origin);
 }
 
 export function hasShadowsFrom(c: SpoolContext, origin: string): boolean {

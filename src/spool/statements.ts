@@ -74,6 +74,20 @@ export function prepareStatements(db: Database.Database) {
       `DELETE FROM messages WHERE id=? AND role='primary' AND origin=? AND shadow_peer=? AND state IN ('queued','held')`,
     ),
     knownPrimary: db.prepare(`SELECT 1 AS x FROM messages WHERE id=? AND role='primary' AND origin=?`),
+    // the orphan check of a holder: a copy is known when its primary says the holder is its
+    // shadow (or the primary is still waiting for its confirmation)
+    knownPrimaryFor: db.prepare(
+      `SELECT 1 AS x FROM messages WHERE id=? AND role='primary' AND origin=? AND (state='spooled' OR shadow_peer=?)`,
+    ),
+    shadowOrigins: db.prepare(`SELECT DISTINCT origin FROM messages WHERE role='shadow'`),
+    // drain: what this node must hand over (primaries) and have re-homed (shadows)
+    drainPrimaries: db.prepare(`SELECT id FROM messages WHERE role='primary' AND state IN ('queued','held') ORDER BY received_at LIMIT ?`),
+    drainShadows: db.prepare(`SELECT id FROM messages WHERE role='shadow' AND origin=? ORDER BY received_at LIMIT ?`),
+    setShadowPeer: db.prepare(`UPDATE messages SET shadow_peer=? WHERE id=? AND role='primary' AND origin=? AND shadow_peer=?`),
+    insertTransferred: db.prepare(
+      `INSERT INTO messages(id,role,state,origin,origin_incarnation,sender,size,received_at,next_attempt_at,client,shadow_peer,body)
+       VALUES(@id,'primary',@state,@origin,@originIncarnation,@sender,@size,@receivedAt,@nextAttemptAt,NULL,@shadowPeer,@body)`,
+    ),
     shadowsToVerify: db.prepare(
       `SELECT id, received_at FROM messages
         WHERE role='shadow' AND origin=? AND origin_incarnation=? AND received_at<? AND (received_at, id) > (?, ?)

@@ -54,6 +54,10 @@ export const WRITES = [
   'retryNow',
   'retryAllNow',
   'deletePrimary',
+  'oweDiscards',
+  'takeTransfer',
+  'handedOver',
+  'reshadowed',
   'failForBounce',
 ] as const satisfies ReadonlyArray<AsyncMethod>;
 
@@ -63,6 +67,9 @@ export const READS = [
   'nextDueAt',
   'knownPrimaries',
   'hasShadowsFrom',
+  'shadowOrigins',
+  'drainPrimaries',
+  'drainShadows',
   'shadowIncarnations',
   'shadowsToVerify',
   'oldShadows',

@@ -18,6 +18,13 @@ export interface NewMessage extends Envelope {
 export interface ShadowCopy extends NewMessage {
   origin: string;
   originIncarnation: string;
+  /** recipients (indexes) the origin already delivered */
+  done?: number[];
+}
+
+/** A message handed over by a draining peer (its remaining recipients only). */
+export interface TransferredMessage extends NewMessage {
+  held?: boolean;
 }
 
 export interface RecipientRow {

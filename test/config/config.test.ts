@@ -38,7 +38,6 @@ describe('config schema', () => {
         'smtp.listen',
         'smtp.maxBytesInFlight',
         'shadow.listen',
-        'shadow.peers',
         'shadow.heartbeatMs',
         'shadow.promoteAfterMs',
         'shadow.maxShadowAgeMs',
@@ -54,5 +53,56 @@ describe('config schema', () => {
     next.spool = { busyTimeoutMs: 200 };
     next.log = { level: 'debug' }; // live
     expect(restartOnlyChanges(running, parse(next))).toEqual(['node', 'spool']);
+  });
+
+  it('zones and placement: defaults, the keys, and remoteOnly needs node.zone', () => {
+    const cfg = parse(doc());
+    expect(cfg.shadow.placement).toBe('preferRemote');
+    expect(cfg.node.zone).toBeUndefined();
+    const d = doc() as unknown as { node: Record<string, unknown>; shadow: Record<string, unknown> };
+    d.node.zone = 'eu-west-1a';
+    (d.shadow.peers as Array<Record<string, unknown>>)[0]!.zone = 'eu-west-1b';
+    d.shadow.placement = 'remoteOnly';
+    const z = parse(d);
+    expect(z.node.zone).toBe('eu-west-1a');
+    expect(z.shadow.peers[0]!.zone).toBe('eu-west-1b');
+    delete d.node.zone;
+    expect(() => parse(d)).toThrow(/shadow\.placement: remoteOnly needs node\.zone/);
+    d.shadow.placement = 'nearest';
+    expect(() => parse(d)).toThrow(/shadow\.placement: Invalid option/);
+  });
+
+  it('shadow.peersFrom makes the StatefulSet peer list without this node; errors name the key', () => {
+    const d = doc() as unknown as { node: Record<string, unknown>; shadow: Record<string, unknown> };
+    d.node.name = 'shadowrelay-1';
+    delete d.shadow.peers;
+    d.shadow.peersFrom = { replicas: 3, name: 'shadowrelay-{i}', address: 'shadowrelay-{i}.shadowrelay-peers.mail.svc:7001' };
+    const cfg = parse(d);
+    expect(cfg.shadow.peers).toEqual([
+      { name: 'shadowrelay-0', address: { host: 'shadowrelay-0.shadowrelay-peers.mail.svc', port: 7001 } },
+      { name: 'shadowrelay-2', address: { host: 'shadowrelay-2.shadowrelay-peers.mail.svc', port: 7001 } },
+    ]);
+    d.node.name = 'shadowrelay-3';
+    expect(() => parse(d)).toThrow(/shadow\.peersFrom\.name: node\.name "shadowrelay-3" is none of the 3 names/);
+    d.shadow.peers = [{ name: 'x', address: 'x:1' }];
+    expect(() => parse(d)).toThrow(/give shadow\.peers or shadow\.peersFrom, not both/);
+    delete d.shadow.peers;
+    d.shadow.peersFrom = { replicas: 3, name: 'relay', address: 'a:1' };
+    expect(() => parse(d)).toThrow(/shadow\.peersFrom\.name: must contain \{i\}/);
+    delete d.shadow.peersFrom;
+    expect(() => parse(d)).toThrow(/shadow\.peers: at least one peer is needed/);
+  });
+
+  it('expands ${VAR} and ${VAR:-default} from the environment; an unset one names the key', () => {
+    const d = doc() as unknown as { node: Record<string, unknown> };
+    d.node.name = '${POD_NAME}';
+    d.node.zone = '${ZONE:-}';
+    d.node.dataDir = '/var/lib/$${literal}/${POD_NAME}';
+    const cfg = parseConfig(d, '/etc/x.yaml', { POD_NAME: 'shadowrelay-0' });
+    expect(cfg.node.name).toBe('shadowrelay-0');
+    expect(cfg.node.zone).toBeUndefined();
+    expect(cfg.node.dataDir).toBe('/var/lib/${literal}/shadowrelay-0');
+    expect(parseConfig(d, '/etc/x.yaml', { POD_NAME: 'p', ZONE: 'z1' }).node.zone).toBe('z1');
+    expect(() => parseConfig(d, '/etc/x.yaml', {})).toThrow(/node\.name: environment variable POD_NAME is not set/);
   });
 });

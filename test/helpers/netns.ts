@@ -98,10 +98,13 @@ function pickSubnet(): string {
   throw new Error('no free /24 in 198.18.0.0/15');
 }
 
+/** As a DropRule's `peer`: the test process's own end of the lab (clients, proxies). */
+export const HOST = '@host';
+
 export interface DropRule {
   /** the node whose namespace holds the rule */
   at: string;
-  /** the other node */
+  /** the other node (or HOST) */
   peer: string;
   /** out: packets `at` sends to `peer`; in: packets it receives from `peer` */
   dir: 'out' | 'in';
@@ -191,7 +194,7 @@ export class NetLab {
       const input: string[] = [];
       const output: string[] = [];
       for (const r of mine) {
-        const peer = this.node(r.peer).ip;
+        const peer = r.peer === HOST ? this.hostIp : this.node(r.peer).ip;
         if (r.level === 'packet') (r.dir === 'out' ? output : input).push(r.dir === 'out' ? `ip daddr ${peer} drop` : `ip saddr ${peer} drop`);
         else if (r.dir === 'out') {
           // connections `at` opened: requests out, replies in
@@ -224,6 +227,15 @@ export class NetLab {
       { at: a, peer: b, dir: 'out', level: 'packet' },
       { at: a, peer: b, dir: 'in', level: 'packet' },
     ]);
+  }
+
+  /**
+   * A group of nodes vanishes silently (a zone's power or uplink lost): every packet between
+   * them and everyone else — the other nodes and the test's own end — is dropped.
+   */
+  isolate(group: string[]): void {
+    const others = [...[...this.nodes.keys()].filter((n) => !group.includes(n)), HOST];
+    this.setDrops(group.flatMap((at) => others.flatMap((peer) => (['out', 'in'] as const).map((dir) => ({ at, peer, dir, level: 'packet' as const })))));
   }
 
   heal(): void {

@@ -35,7 +35,7 @@ function setup(o: { lastContact?: number | null } = {}) {
     nodeName: 'relay-a',
     spool,
     log: pino({ level: 'silent' }),
-    clients: [peer],
+    clients: () => [peer],
     timeoutMs: () => 5000,
     promoteAfterMs: PROMOTE_AFTER,
     maxShadowAgeMs: MAX_AGE,
