@@ -9,7 +9,7 @@
  * that delivers `localParts@domain` to mbox files (appendfile) and refuses other recipients
  * at RCPT (550, so the pair bounces them).
  */
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -146,10 +146,15 @@ begin retry
 }
 
 export async function startExim(o: EximOptions): Promise<EximInstance> {
-  const bin = eximBinary()!;
   const user = ids(EXIM_USER)!;
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sr-exim-'));
   for (const d of ['spool', 'log', 'mail']) mkdirSync(path.join(dir, d));
+  // Exim re-execs itself as Debian-exim: a copy in the instance's own folder, because that
+  // user may not search the folders above the checkout (a clone under a 0700 temp folder)
+  const src = eximBinary()!;
+  const bin = path.join(dir, 'exim4');
+  copyFileSync(src, bin);
+  chmodSync(bin, statSync(src).mode & 0o7777);
   const port = await freePort();
   const conf = path.join(dir, 'exim.conf');
   writeFileSync(conf, config(o, dir, port, bin));
