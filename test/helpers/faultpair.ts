@@ -266,13 +266,7 @@ export class FaultPair {
   /** The next hop (a `shadowrelay sink` child) starts listening. */
   async sinkUp(): Promise<void> {
     if (this.sink?.running) return;
-    const c = Child.spawn(SINK, [...this.prefix(SINK), process.execPath, TOOLS_CLI, 'sink', '--listen', `${this.sinkAt.host}:${this.sinkAt.port}`]);
-    c.onLine((l) => {
-      const token = /^load (\S+)$/.exec(String(l.subject ?? ''))?.[1];
-      if (token) this.received.push({ token, at: now() });
-    });
-    this.sink = c;
-    await c.line((l) => l.msg === 'sink listening', 20000, 'sink listening');
+    this.sink = await startSink(this.prefix(SINK), this.sinkAt, this.received);
   }
 
   /** The next hop crashes (SIGKILL: its connections are reset by the kernel). */
@@ -333,7 +327,22 @@ export class FaultPair {
   }
 }
 
-function adminHttpAt(host: string, port: number, p: string): Promise<{ status: number; text: string }> {
+/**
+ * The next hop as a `shadowrelay sink` child (`prefix`: how to run it inside its namespace);
+ * records the token of every load message it receives. Resolves once it listens.
+ */
+export async function startSink(prefix: string[], at: { host: string; port: number }, received: Delivered[]): Promise<Child> {
+  const c = Child.spawn(SINK, [...prefix, process.execPath, TOOLS_CLI, 'sink', '--listen', `${at.host}:${at.port}`]);
+  c.onLine((l) => {
+    const token = /^load (\S+)$/.exec(String(l.subject ?? ''))?.[1];
+    if (token) received.push({ token, at: now() });
+  });
+  await c.line((l) => l.msg === 'sink listening', 20000, 'sink listening');
+  return c;
+}
+
+/** An admin request to a node at any address (a namespace's, or loopback). */
+export function adminHttpAt(host: string, port: number, p: string): Promise<{ status: number; text: string }> {
   if (host === '127.0.0.1') return adminHttp(port, p);
   return import('node:http').then(
     (http) =>

@@ -17,9 +17,9 @@ import { writeFileSync } from 'node:fs';
 import { writeMeshConfigs, meshPeers, deepMerge, type MeshFiles } from '../../tools/pair.js';
 import { freePort } from '../../tools/net.js';
 import type { SinkMessage } from '../../tools/sink.js';
-import { CLI, TOOLS_CLI, tmpDir, peekSpool } from './index.js';
+import { CLI, tmpDir, peekSpool } from './index.js';
 import { NetLab, netnsSupport } from './netns.js';
-import { Child, waitUntil, FAST } from './faultpair.js';
+import { Child, waitUntil, FAST, startSink } from './faultpair.js';
 import { compare, type Figures, type Outcome } from './load.js';
 
 export { FAST } from './faultpair.js';
@@ -165,13 +165,7 @@ export class Mesh {
 
   async sinkUp(): Promise<void> {
     if (this.sink?.running) return;
-    const c = Child.spawn(SINK, [...this.prefix(SINK), process.execPath, TOOLS_CLI, 'sink', '--listen', `${this.sinkAt.host}:${this.sinkAt.port}`]);
-    c.onLine((l) => {
-      const token = /^load (\S+)$/.exec(String(l.subject ?? ''))?.[1];
-      if (token) this.received.push({ token, at: now() });
-    });
-    this.sink = c;
-    await c.line((l) => l.msg === 'sink listening', 20000, 'sink listening');
+    this.sink = await startSink(this.prefix(SINK), this.sinkAt, this.received);
   }
 
   async sinkDown(): Promise<void> {

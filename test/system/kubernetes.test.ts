@@ -25,8 +25,8 @@ import { StatefulSet } from 'kubernetes-models/apps/v1';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1';
 import { Certificate, Issuer } from '@kubernetes-models/cert-manager/cert-manager.io/v1';
 import { ServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1';
-import { ROOT, tmpDir, freePort, Sink, adminHttp } from '../helpers/index.js';
-import { Child, waitUntil } from '../helpers/faultpair.js';
+import { ROOT, tmpDir, freePort, Sink } from '../helpers/index.js';
+import { Child, waitUntil, adminHttpAt } from '../helpers/faultpair.js';
 import { MeshTraffic } from '../helpers/mesh.js';
 import { writeCertSet } from '../../src/certs/index.js';
 import { parseConfig } from '../../src/config/index.js';
@@ -293,21 +293,3 @@ describe('Kubernetes deployment (deploy/kubernetes)', () => {
     expect((await admin(2, '/readyz')).status).toBe(503);
   }, 120000);
 });
-
-function adminHttpAt(host: string, port: number, p: string): Promise<{ status: number; text: string }> {
-  if (host === '127.0.0.1') return adminHttp(port, p);
-  return import('node:http').then(
-    (http) =>
-      new Promise((resolve, reject) => {
-        const req = http.request({ host, port, path: p, timeout: 5000 }, (res) => {
-          let text = '';
-          res.setEncoding('utf8');
-          res.on('data', (d: string) => (text += d));
-          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-        });
-        req.on('timeout', () => req.destroy(new Error('admin request timed out')));
-        req.on('error', reject);
-        req.end();
-      }),
-  );
-}
