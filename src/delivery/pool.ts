@@ -1,9 +1,5 @@
 /**
- * Pooled SMTP sessions to the next hop that send stored messages as they are, with
- * nodemailer's own protocol engine (SMTPConnection: EHLO, STARTTLS, AUTH, PIPELINING, DSN,
- * dot-stuffing) and without its mailer layer. For a raw message that layer built a MIME tree,
- * a Message-ID, parsed addresses and ran two stream pipelines per message only to pass our
- * bytes through unchanged: measured at ~6 % of a relay's main thread under load.
+ * Pooled SMTP sessions to the next hop that send stored messages as they are (smtp-client.ts).
  *
  * Envelope addresses are normalised exactly as nodemailer's mailer does (its MimeNode:
  * IDN domains to punycode, lower-cased domains, duplicate recipients dropped).
@@ -13,21 +9,17 @@
  * that the server closed meanwhile is replaced once, transparently, when not a byte of the
  * message went out (so the retry can never duplicate it).
  */
-import { Readable } from 'node:stream';
-import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import MimeNode from 'nodemailer/lib/mime-node';
+import { SmtpSession, type SessionOptions, type SendInfo, type SmtpError } from './smtp-client.js';
 
-export type PoolOptions = SMTPConnection.Options & {
-  maxConnections: number;
-  auth?: { user: string; pass: string };
-};
+export type { SendInfo } from './smtp-client.js';
 
-export interface SendInfo {
-  accepted: string[];
-  rejected: string[];
-  rejectedErrors?: SMTPConnection.SMTPError[];
-  response: string;
-}
+export type PoolOptions = Omit<SessionOptions, 'connectionTimeout' | 'greetingTimeout' | 'socketTimeout' | 'opportunisticTLS' | 'requireTLS' | 'tls'> &
+  Partial<Pick<SessionOptions, 'connectionTimeout' | 'greetingTimeout' | 'socketTimeout' | 'opportunisticTLS' | 'requireTLS' | 'tls'>> & {
+    maxConnections: number;
+    /** accepted for nodemailer-shaped option objects; STARTTLS-only relaying never starts in TLS */
+    secure?: false;
+  };
 
 /** What the delivery worker needs of a transport (nodemailer's Transporter has the same shape). */
 export interface RawTransport {
@@ -36,7 +28,7 @@ export interface RawTransport {
 }
 
 interface Session {
-  conn: SMTPConnection;
+  conn: SmtpSession;
   sent: number;
   dead: boolean;
 }
@@ -48,33 +40,45 @@ export class SmtpPool implements RawTransport {
   private closed = false;
   /** used only for its envelope normalisation (synchronous, so one instance serves all sends) */
   private readonly addresses = new MimeNode();
+  private readonly session: SessionOptions;
 
-  constructor(private readonly o: PoolOptions) {}
+  constructor(private readonly o: PoolOptions) {
+    this.session = {
+      connectionTimeout: 30000,
+      greetingTimeout: 30000,
+      socketTimeout: 300000,
+      opportunisticTLS: false,
+      requireTLS: false,
+      tls: {},
+      ...o,
+    };
+  }
 
   async sendMail(m: { envelope: { from: string; to: string[] }; raw: Buffer }): Promise<SendInfo> {
-    const envelope = this.addresses.setEnvelope(m.envelope).getEnvelope() as SMTPConnection.Envelope;
+    const envelope = this.addresses.setEnvelope(m.envelope).getEnvelope() as { from: string | false; to: string[] };
+    const env = { from: envelope.from || '', to: envelope.to };
     for (let attempt = 0; ; attempt++) {
       const s = await this.acquire();
-      const message = oneChunk(m.raw);
       try {
-        const info = await new Promise<SMTPConnection.SentMessageInfo>((resolve, reject) =>
-          s.conn.send(envelope, message, (err, info) => (err ? reject(err) : resolve(info))),
-        );
+        const info = await s.conn.send(env, m.raw);
         s.sent++;
         this.release(s);
-        return info as unknown as SendInfo;
+        return info;
       } catch (e) {
-        const err = e as SMTPConnection.SMTPError;
+        const err = e as SmtpError;
         const reused = s.sent > 0;
         s.sent++;
-        if (reused && attempt === 0 && !message.readableDidRead && isConnectionError(err)) {
-          // the server dropped an idle session just now; nothing was sent: use a fresh one
+        if (reused && attempt === 0 && isConnectionError(err) && !s.conn.wroteMessage) {
+          // the server dropped an idle session just now; the message did not go out: use a fresh one
           this.discard(s);
           continue;
         }
-        if ((err.code === 'EENVELOPE' || err.code === 'EMESSAGE') && err.responseCode !== 421 && !s.dead) {
+        if ((err.code === 'EENVELOPE' || err.code === 'EMESSAGE') && err.responseCode !== 421 && !s.conn.dead) {
           // the server refused this message; the session itself is fine
-          s.conn.reset((resetErr) => (resetErr ? this.discard(s) : this.release(s)));
+          s.conn.reset().then(
+            () => this.release(s),
+            () => this.discard(s),
+          );
         } else {
           this.discard(s);
         }
@@ -99,7 +103,7 @@ export class SmtpPool implements RawTransport {
   }
 
   private release(s: Session): void {
-    if (s.dead || this.closed) return this.discard(s);
+    if (s.dead || s.conn.dead || this.closed) return this.discard(s);
     const w = this.waiting.shift();
     if (w) w.resolve(s);
     else this.idle.push(s);
@@ -117,51 +121,27 @@ export class SmtpPool implements RawTransport {
     if (w) this.connect().then(w.resolve, w.reject);
   }
 
-  private connect(): Promise<Session> {
+  private async connect(): Promise<Session> {
     this.open++;
-    const conn = new SMTPConnection({ ...this.o, logger: false });
+    let conn: SmtpSession;
+    try {
+      conn = await SmtpSession.open(this.session);
+    } catch (e) {
+      this.open--;
+      // its slot is free again: a waiter gets a new try
+      const w = this.waiting.shift();
+      if (w) this.connect().then(w.resolve, w.reject);
+      throw e;
+    }
     const s: Session = { conn, sent: 0, dead: false };
-    return new Promise<Session>((resolve, reject) => {
-      let ready = false;
-      // connect() reports failures (refused, timeout, TLS) only through 'error'; later, a
-      // session that errs or that the server closes while idle leaves the pool the same way
-      const fail = (err: Error) => {
-        // settle first: closing the session below emits 'end' at once
-        if (!ready) {
-          ready = true;
-          reject(err);
-        }
-        this.discard(s);
-      };
-      conn.on('error', fail);
-      conn.on('end', () => fail(new Error('connection closed before the session was ready')));
-      const done = () => {
-        if (ready) return;
-        ready = true;
-        resolve(s);
-      };
-      conn.connect((err) => {
-        if (err) return fail(err);
-        if (!this.o.auth) return done();
-        conn.login(this.o.auth, (err) => (err ? fail(err) : done()));
-      });
+    // a session the server closes (or that times out) while idle leaves the pool
+    conn.onClose(() => {
+      if (this.idle.includes(s)) this.discard(s);
     });
+    return s;
   }
 }
 
-/** The message as a stream of one chunk: `readableDidRead` tells whether it started to go out. */
-function oneChunk(raw: Buffer): Readable {
-  let pushed = false;
-  return new Readable({
-    read() {
-      if (pushed) return;
-      pushed = true;
-      this.push(raw);
-      this.push(null);
-    },
-  });
-}
-
-function isConnectionError(err: SMTPConnection.SMTPError): boolean {
+function isConnectionError(err: SmtpError): boolean {
   return (err.code === 'ECONNECTION' || err.code === 'ESOCKET') && !err.responseCode;
 }

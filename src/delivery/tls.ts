@@ -1,5 +1,5 @@
 /**
- * Outbound TLS (and AUTH) options for the next hop, as nodemailer transport options.
+ * Outbound TLS (and AUTH) options for the next hop (the option names are nodemailer's, which the client used to be).
  *
  * - `none`: never STARTTLS.
  * - `opportunistic` (Postfix's `may`): STARTTLS when offered, certificate not verified (an
@@ -8,7 +8,7 @@
  *   verified against `delivery.nextHop.ca` (else the system CAs) for the name
  *   `delivery.nextHop.tlsServerName` (else `host`). Without it nothing is sent: the attempt
  *   is a temporary failure, the message stays queued with a reason saying so.
- * - `auth`: next-hop credentials; nodemailer sends them only where the server offers AUTH,
+ * - `auth`: next-hop credentials; the client sends them only where the server offers AUTH,
  *   and never after a failed STARTTLS.
  */
 import { readFileSync } from 'node:fs';
