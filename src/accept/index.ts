@@ -60,8 +60,8 @@ export interface ShadowedAcceptorOptions extends AcceptSettings {
   /** the peers now (the list changes on reload): owed a discard when it is not known which got a copy */
   peerNames: () => string[];
   log: Logger;
-  /** called once the message is queued for delivery (its accepted mark durable) */
-  onAccepted: (id: string) => void;
+  /** called once the message is queued for delivery (its accepted mark durable), with its bytes when at hand */
+  onAccepted: (id: string, body?: Buffer) => void;
   /** after a restart, how long copies in doubt wait for a peer's answer before they are delivered anyway */
   promoteAfterMs?: number;
   metrics?: Pick<RelayMetrics, 'accepted' | 'refused' | 'duplicateRisk'>;
@@ -159,10 +159,10 @@ export class ShadowedAcceptor {
         log.error({ id: m.id, err: (err as Error).message }, 'spool write failed');
         throw reply(452, '4.3.1', 'Insufficient system storage');
       }
-      this.o.onAccepted(m.id);
+      this.o.onAccepted(m.id, m.body);
     } else {
       // two durable copies exist: the 250 is true now; the mark rides in a later transaction
-      this.markLater(m.id, peer);
+      this.markLater(m.id, peer, m.body);
     }
     const shadowMs = Number(process.hrtime.bigint() - t0) / 1e6;
     this.metrics.accepted(peer === null ? null : shadowMs / 1000);
@@ -171,13 +171,13 @@ export class ShadowedAcceptor {
   }
 
   /** The accepted mark off the reply path; on a storage error retried (a restart would settle it with the peer). */
-  private markLater(id: string, peer: string): void {
+  private markLater(id: string, peer: string, body: Buffer): void {
     const { spool, log } = this.o;
     void (async () => {
       for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {
         try {
           await spool.markAccepted(id, peer);
-          this.o.onAccepted(id);
+          this.o.onAccepted(id, body);
           return;
         } catch (e) {
           if (spool.isClosed) return;

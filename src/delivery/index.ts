@@ -128,7 +128,7 @@ export class DeliveryWorker {
   constructor(private readonly o: DeliveryOptions) {
     this.metrics = o.metrics ?? noMetrics;
     this.transport = DeliveryWorker.transportFor(o);
-    o.wakeUps?.listen((id) => (id ? this.offer(id) : this.wake()));
+    o.wakeUps?.listen((id, body) => (id ? this.offer(id, body) : this.wake()));
   }
 
   private static transportFor(o: DeliverySettings): RawTransport {
@@ -164,12 +164,12 @@ export class DeliveryWorker {
     this.wake();
   }
 
-  /** A message just queued: straight to a free slot, else found by the next scan. */
-  offer(id: string): void {
+  /** A message just queued (with its bytes when the caller has them): straight to a free slot, else found by the next scan. */
+  offer(id: string, body?: Buffer): void {
     if (!this.running) return;
     if (this.inflight.has(id)) return;
     if (this.inflight.size >= this.o.concurrency || (this.o.awaitingReconcile?.().length ?? 0) > 0) return this.wake();
-    this.launch(id);
+    this.launch(id, body);
   }
 
   /** Look for due work soon (coalesced into one scan per event-loop turn). */
@@ -218,8 +218,8 @@ export class DeliveryWorker {
     this.timer.unref();
   }
 
-  private launch(id: string): void {
-    const p = this.deliver(id)
+  private launch(id: string, body?: Buffer): void {
+    const p = this.deliver(id, body)
       .then(
         (finished) => {
           if (!finished) this.backlog = true;
@@ -237,8 +237,11 @@ export class DeliveryWorker {
   }
 
   /** One attempt (and its bounce); true when the message needs no further look now. */
-  private async deliver(id: string): Promise<boolean> {
-    const m = this.o.spool.getWithBody(id);
+  private async deliver(id: string, body?: Buffer): Promise<boolean> {
+    // the bytes just accepted are the stored ones: no read of the blob (for 1 MB messages a
+    // fresh 1 MB buffer per delivery that the heap only frees at its next collection)
+    const s = body ? this.o.spool.get(id) : undefined;
+    const m = s ? { ...s, body: body! } : this.o.spool.getWithBody(id);
     if (!m || m.role !== 'primary' || m.state !== 'queued') return true;
     // an offered id is not due yet (a retry time set meanwhile) or waits for a reconcile
     if (m.nextAttemptAt > Date.now()) return false;

@@ -26,6 +26,10 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Spool, type WritableSpoolOptions } from './index.js';
 import { busyTimeout } from './schema.js';
+import { Staging, stageArgs } from './staging.js';
+
+/** The staging area's size: a few large bodies on their way to the writer at once. */
+const STAGING_BYTES = 8 * 1024 * 1024;
 
 /** Spool's methods that return a promise: only those can wait for another thread's answer. */
 type AsyncMethod = { [K in keyof Spool]: Spool[K] extends (...a: never[]) => Promise<unknown> ? K : never }[keyof Spool];
@@ -156,6 +160,8 @@ function workerFile(name: 'writer' | 'checkpointer'): string {
 interface Waiter {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
+  /** staging slots its arguments took (freed once the writer answered) */
+  staged: number[];
 }
 
 export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
@@ -172,6 +178,7 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
     private readonly worker: Worker,
     private readonly checkpointer: Worker,
     private readonly recovered: ReturnType<Spool['recover']>,
+    private readonly staging: Staging,
     onFatal: (err: Error) => void,
   ) {
     super(db, file, { ...opts, readonly: true });
@@ -183,6 +190,7 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
       const w = this.waiters.get(m.seq);
       if (!w) return;
       this.waiters.delete(m.seq);
+      for (const at of w.staged) this.staging.free(at);
       if (m.ok) w.resolve(m.value);
       else w.reject(fromWire(m.error));
     });
@@ -210,7 +218,8 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
     const onFatal = o.onFatal ?? (() => {});
     // checkpoints run on a thread of their own (checkpointer.ts): off every commit's path
     opts = { ...opts, externalCheckpoints: true };
-    const worker = new Worker(workerFile('writer'), { workerData: { dataDir, opts } });
+    const staging = new Staging(STAGING_BYTES);
+    const worker = new Worker(workerFile('writer'), { workerData: { dataDir, opts, staging: staging.area } });
     const ready = await new Promise<ReturnType<Spool['recover']>>((resolve, reject) => {
       const onMessage = (m: WriterReply) => {
         if (m.type === 'ready') resolve(m.recovered);
@@ -232,16 +241,18 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
     // a checkpointer that fails leaves the writer's own (rarer) checkpoints: nothing is lost
     checkpointer.on('error', () => undefined);
     checkpointer.unref();
-    return new ThreadedSpool(db, file, opts, worker, checkpointer, ready, onFatal);
+    return new ThreadedSpool(db, file, opts, worker, checkpointer, ready, staging, onFatal);
   }
 
   private forward(method: WriteName, args: unknown[]): Promise<unknown> {
     if (this.dead) return Promise.reject(this.dead);
     if (this.stopping) return Promise.reject(new Error('spool is closed'));
     const seq = ++this.seq;
+    const staged: number[] = [];
+    const wire = stageArgs(args, this.staging, staged) as unknown[];
     return new Promise<unknown>((resolve, reject) => {
-      this.waiters.set(seq, { resolve, reject });
-      this.worker.postMessage({ type: 'call', seq, method, args } satisfies WriterRequest);
+      this.waiters.set(seq, { resolve, reject, staged });
+      this.worker.postMessage({ type: 'call', seq, method, args: wire } satisfies WriterRequest);
     });
   }
 

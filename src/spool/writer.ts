@@ -6,13 +6,15 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Spool, type WritableSpoolOptions } from './index.js';
 import { toWire, WRITES, type WriterReply, type WriterRequest } from './thread.js';
+import { isStaged } from './staging.js';
 
 const port = parentPort!;
-const { dataDir, opts } = workerData as { dataDir: string; opts: WritableSpoolOptions };
+const { dataDir, opts, staging } = workerData as { dataDir: string; opts: WritableSpoolOptions; staging: SharedArrayBuffer };
 const allowed = new Set<string>(WRITES);
 
-/** Structured clone turns Buffers into plain Uint8Arrays; SQLite binds Buffers. */
+/** Structured clone turns Buffers into plain Uint8Arrays; SQLite binds Buffers. A staged body is a view of the staging area. */
 function revive(x: unknown): unknown {
+  if (isStaged(x)) return Buffer.from(staging, x.$staged[0], x.$staged[1]);
   if (x instanceof Uint8Array) return Buffer.isBuffer(x) ? x : Buffer.from(x.buffer, x.byteOffset, x.byteLength);
   if (Array.isArray(x)) return x.map(revive);
   if (x && typeof x === 'object') {
