@@ -160,6 +160,12 @@ describe('Docker image and compose pair', () => {
     expect(finalStage('COPY').join(' ')).not.toMatch(/dist-tools|tools|test/);
   });
 
+  it('the image runs the daemon with the environment the systemd unit gives it (the bench runs it so too)', () => {
+    const unitEnv = unitValues('Environment').sort();
+    expect(unitEnv).toContain('MALLOC_MMAP_THRESHOLD_=131072');
+    expect(finalStage('ENV').sort()).toEqual(unitEnv);
+  });
+
   it('the npm package ships the product only (no tools, no tests)', async () => {
     const r = await run(['npm', 'pack', '--dry-run', '--json', '--ignore-scripts']);
     expect(r.code, r.stderr).toBe(0);

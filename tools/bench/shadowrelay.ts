@@ -13,7 +13,23 @@ import { deepMerge, writePairConfigs } from '../pair.js';
 import { freePort } from '../net.js';
 import { Spool } from '../../src/spool/index.js';
 import { httpStatus, stopChild, type Registry } from './procs.js';
-import { PRODUCT_CLI } from '../paths.js';
+import { PRODUCT_CLI, ROOT } from '../paths.js';
+
+/**
+ * The environment the shipped systemd unit gives the daemon (its `Environment=` lines: the
+ * allocator and V8 settings that bound memory), so the bench runs it as it is deployed; the
+ * Docker image sets the same (test/system/deploy.test.ts keeps them equal).
+ */
+export function productEnvironment(): Record<string, string> {
+  const unit = readFileSync(path.join(ROOT, 'config', 'shadowrelay.service'), 'utf8');
+  const env: Record<string, string> = {};
+  for (const m of unit.matchAll(/^Environment=(?:"([^"]*)"|(\S+))\s*$/gm)) {
+    const kv = m[1] ?? m[2]!;
+    const eq = kv.indexOf('=');
+    env[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return env;
+}
 
 export interface BenchPairOptions {
   sinkPort: number;
@@ -83,7 +99,7 @@ export async function startPair(reg: Registry, o: BenchPairOptions): Promise<Run
         mkdirSync(o.cpuProfDir, { recursive: true });
         nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${o.cpuProfDir}`, `--cpu-prof-name=${n}-${Date.now()}.cpuprofile`);
       }
-      const env = o.env?.[n] ? { ...process.env, ...o.env[n] } : process.env;
+      const env = { ...process.env, ...productEnvironment(), ...(o.env?.[n] ?? {}) };
       const p = reg.spawn(process.execPath, [...nodeArgs, PRODUCT_CLI, 'start', '--config', files.configs[n]!], { stdio: ['ignore', fd, fd], env });
       closeSync(fd);
       procs.push(p);
