@@ -118,7 +118,8 @@ export class ShadowedAcceptor {
       void shadow.then((r) => (r.err ? undefined : this.drop(m.id, [r.peer!])));
       throw reply(452, '4.3.1', 'Insufficient system storage');
     }
-    log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length }, 'spooled');
+    // spoolMs: the local write alone (the 250 waits for it and the peer's copy, in parallel)
+    log.info({ id: m.id, client, from: m.sender, size: m.body.length, nrcpt: m.recipients.length, spoolMs: Number(process.hrtime.bigint() - t0) / 1e6 }, 'spooled');
 
     let peer: string | null = null;
     const replicated = await shadow;

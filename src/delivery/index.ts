@@ -197,8 +197,10 @@ export class DeliveryWorker {
       if (free > 0) {
         const now = Date.now();
         // ask for more than we can take: some of the due ids may already be in flight
-        const ids = this.o.spool.due(now, free + this.inflight.size, waiting);
-        this.backlog = false;
+        const limit = free + this.inflight.size;
+        const ids = this.o.spool.due(now, limit, waiting);
+        // a full page may hide more due messages behind the ones in flight
+        this.backlog = ids.length === limit;
         for (const id of ids) {
           if (this.inflight.size >= this.o.concurrency) {
             this.backlog = true;
@@ -213,7 +215,11 @@ export class DeliveryWorker {
       // a storage error must not stop the worker: look again on the next poll
       this.o.log.error({ err: (err as Error).message }, 'delivery scan failed');
     }
-    const delay = next === null ? POLL_MS : Math.min(POLL_MS, Math.max(10, next - Date.now()));
+    // a due time already past belongs to a message in flight (or one the backlog finds when a
+    // slot frees): only a future one needs the timer; polling every 10 ms for the ones in
+    // flight was 100 spool queries a second while anything was being sent
+    const wait = next === null ? POLL_MS : next - Date.now();
+    const delay = wait > 0 ? Math.min(POLL_MS, Math.max(10, wait)) : this.backlog && this.inflight.size < this.o.concurrency ? 10 : POLL_MS;
     this.timer = setTimeout(() => this.scan(), delay);
     this.timer.unref();
   }
