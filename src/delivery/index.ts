@@ -168,7 +168,8 @@ export class DeliveryWorker {
   offer(id: string, body?: Buffer): void {
     if (!this.running) return;
     if (this.inflight.has(id)) return;
-    if (this.inflight.size >= this.o.concurrency || (this.o.awaitingReconcile?.().length ?? 0) > 0) return this.wake();
+    // a message that waits for a reconcile is turned back by deliver() and found by a scan
+    if (this.inflight.size >= this.o.concurrency) return this.wake();
     this.launch(id, body);
   }
 

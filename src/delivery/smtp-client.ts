@@ -73,16 +73,15 @@ interface Reply {
 const CRLF = Buffer.from('\r\n');
 const DOT_LINE = Buffer.from('.\r\n');
 const LF_DOT = Buffer.from('\n.');
+const DOT = Buffer.from('.');
 
 /** The body as DATA sends it: dots at line starts doubled, CRLF at the end, then ".". */
 export function dataBytes(raw: Buffer): Buffer[] {
   const parts: Buffer[] = [];
   let from = 0;
-  if (raw[0] === 0x2e) {
-    parts.push(Buffer.from('.'));
-  }
+  if (raw[0] === 0x2e) parts.push(DOT);
   for (let at = raw.indexOf(LF_DOT); at >= 0; at = raw.indexOf(LF_DOT, at + 2)) {
-    parts.push(raw.subarray(from, at + 2), Buffer.from('.'));
+    parts.push(raw.subarray(from, at + 2), DOT);
     from = at + 2;
   }
   parts.push(from === 0 ? raw : raw.subarray(from));
@@ -101,11 +100,10 @@ export class SmtpSession {
   private extensions = new Set<string>();
   private authMethods: string[] = [];
   private closeListeners: Array<() => void> = [];
-  /** a byte of the current transaction went out (a retry on a new session could duplicate it) */
-  wrote = false;
+  /** a byte of the current transaction went out (a socket error then is ESOCKET, not ECONNECTION) */
+  private wrote = false;
   /** the current message's body went out (from then on a resend could duplicate it) */
   wroteMessage = false;
-  secure = false;
   dead = false;
 
   private constructor(socket: net.Socket) {
@@ -349,7 +347,6 @@ export class SmtpSession {
       throw e instanceof SmtpError ? e : new SmtpError(e.message, 'ESOCKET');
     });
     secure.setTimeout(o.socketTimeout, () => this.fail(new SmtpError('Timeout', 'ETIMEDOUT')));
-    this.secure = true;
   }
 
   private async login(auth: { user: string; pass: string }): Promise<void> {

@@ -22,7 +22,7 @@ export class Staging {
   readonly area: SharedArrayBuffer;
   private readonly bytes: Buffer;
   /** slots in allocation order */
-  private readonly slots: Array<{ start: number; end: number; free: boolean }> = [];
+  private readonly slots: Array<{ start: number; free: boolean }> = [];
   private head = 0;
 
   constructor(size: number) {
@@ -48,7 +48,7 @@ export class Staging {
       return null;
     }
     this.bytes.set(b, at);
-    this.slots.push({ start: at, end: at + b.byteLength, free: false });
+    this.slots.push({ start: at, free: false });
     this.head = at + b.byteLength;
     return at;
   }

@@ -90,6 +90,7 @@ export async function startPair(reg: Registry, o: BenchPairOptions): Promise<Run
   const stop = async () => {
     await Promise.all(procs.map((p) => stopChild(p, 15000)));
   };
+  const productEnv = productEnvironment();
   try {
     for (const n of names) {
       const logFile = path.join(dir, `${n}.log`);
@@ -99,7 +100,7 @@ export async function startPair(reg: Registry, o: BenchPairOptions): Promise<Run
         mkdirSync(o.cpuProfDir, { recursive: true });
         nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${o.cpuProfDir}`, `--cpu-prof-name=${n}-${Date.now()}.cpuprofile`);
       }
-      const env = { ...process.env, ...productEnvironment(), ...(o.env?.[n] ?? {}) };
+      const env = { ...process.env, ...productEnv, ...(o.env?.[n] ?? {}) };
       const p = reg.spawn(process.execPath, [...nodeArgs, PRODUCT_CLI, 'start', '--config', files.configs[n]!], { stdio: ['ignore', fd, fd], env });
       closeSync(fd);
       procs.push(p);
