@@ -1,6 +1,7 @@
 /**
  * The spool's checkpointer thread: copies the write-ahead log back into the database file
- * (`PRAGMA wal_checkpoint(PASSIVE)`) every CHECKPOINT_MS on a connection of its own.
+ * (`PRAGMA wal_checkpoint(PASSIVE)`) on a connection of its own, when enough of the log waits
+ * or the log stopped growing (wal-index.ts: it looks every CHECKPOINT_MS).
  *
  * Why: SQLite checkpoints inside the commit that crosses `wal_autocheckpoint` (1000 pages by
  * default). That commit — a message's spool write, on its reply path — then also copies up
@@ -13,6 +14,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { busyTimeout } from './schema.js';
+import { checkpointDue, WalIndexReader, type CheckpointState } from './wal-index.js';
+import { monotonicMs } from '../base/clock.js';
 
 export const CHECKPOINT_MS = 250;
 
@@ -25,9 +28,14 @@ db.pragma('synchronous = FULL');
 // this connection only checkpoints: it must never start one of its own mid-statement
 db.pragma('wal_autocheckpoint = 0');
 
+const index = new WalIndexReader(`${file}-shm`);
+const state: CheckpointState = { lastFrame: -1, changedAt: monotonicMs(), checkpointAt: monotonicMs() };
 let stopping = false;
 const timer = setInterval(() => {
   if (stopping) return;
+  const now = monotonicMs();
+  if (!checkpointDue(index.read(), state, now)) return;
+  state.checkpointAt = now;
   try {
     // a few rounds at most: frames the writer added meanwhile are caught up right after
     for (let i = 0; i < 3; i++) {
@@ -44,6 +52,7 @@ port.on('message', (m: { type: string }) => {
   if (m.type !== 'close') return;
   stopping = true;
   clearInterval(timer);
+  index.close();
   db.close();
   port.postMessage({ type: 'closed' });
 });

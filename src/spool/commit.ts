@@ -8,6 +8,16 @@
  * `lazyDelayMs`. Under load that takes them off the fsync count entirely; serially it makes
  * the message's own spool write the only fsync on its reply path. Order is kept: a batch
  * runs its writes in the order they were issued, lazy or not.
+ *
+ * A batch of bookkeeping writes alone commits without an fsync (`synchronous=NORMAL` for that
+ * transaction): it is in the log at once — every connection reads it, a killed process loses
+ * none of it — and durable with the next reply-path commit's fsync or the next checkpoint
+ * (wal-index.ts: within a second or so of the log going quiet). The log is replayed in order,
+ * so a power loss drops at most a tail of bookkeeping written after the last sync: a message
+ * delivered again, a discard sent again, an accepted mark resolved with the peer at start-up
+ * (all windows the protocol already has); never a message that was answered 250, whose own
+ * write always waits for its fsync. Postfix does the same with its queue files: the removal
+ * after delivery is never synced.
  */
 import type Database from 'better-sqlite3';
 
@@ -20,6 +30,7 @@ export const LAZY_DELAY_MS = 50;
 
 interface Pending {
   fn: () => unknown;
+  lazy: boolean;
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
 }
@@ -31,11 +42,22 @@ export class GroupCommit {
   private closed = false;
   /** transactions committed so far (tests and the fsync accounting read it) */
   commits = 0;
+  /** of them, bookkeeping alone (committed without an fsync) */
+  unsynced = 0;
+
+  /** the connection's own level (FULL in the spool), and the two switches around a bookkeeping batch */
+  private readonly level: number;
+  private readonly toNormal: Database.Statement;
+  private readonly toOwn: Database.Statement;
 
   constructor(
     private readonly db: Database.Database,
     private readonly lazyDelayMs = LAZY_DELAY_MS,
-  ) {}
+  ) {
+    this.level = Number(db.pragma('synchronous', { simple: true }));
+    this.toNormal = db.prepare('PRAGMA synchronous = NORMAL');
+    this.toOwn = db.prepare(`PRAGMA synchronous = ${this.level}`);
+  }
 
   get isClosed(): boolean {
     return this.closed;
@@ -43,12 +65,13 @@ export class GroupCommit {
 
   /**
    * Runs `fn` in the next group commit; resolves once it is durable. `lazy`: the write may
-   * wait up to lazyDelayMs for a transaction that another write starts.
+   * wait up to lazyDelayMs for a transaction that another write starts, and resolves once it
+   * is committed (durable with the next sync: see above).
    */
   write<T>(fn: () => T, lazy = false): Promise<T> {
     if (this.closed) return Promise.reject(new Error('spool is closed'));
     return new Promise<T>((resolve, reject) => {
-      this.pending.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.pending.push({ fn, lazy, resolve: resolve as (v: unknown) => void, reject });
       if (lazy) this.scheduleLazy();
       else this.schedule();
     });
@@ -79,6 +102,9 @@ export class GroupCommit {
     if (batch.length === 0) return;
     const results: Array<{ ok: true; v: unknown } | { ok: false; e: unknown }> = [];
     let culprit = -1;
+    // NORMAL (1) is a connection setting read at commit: only this transaction skips the fsync
+    const synced = this.level <= 1 || batch.some((op) => !op.lazy);
+    if (!synced) this.toNormal.run();
     try {
       // IMMEDIATE: take the write lock up front, so a locked database costs one busy wait
       // per batch, not one per write
@@ -100,6 +126,7 @@ export class GroupCommit {
         })
         .immediate();
       this.commits++;
+      if (!synced) this.unsynced++;
     } catch (e) {
       if (culprit >= 0) {
         batch[culprit]!.reject(e);
@@ -110,6 +137,8 @@ export class GroupCommit {
       }
       for (const op of batch) op.reject(e);
       return;
+    } finally {
+      if (!synced) this.toOwn.run();
     }
     batch.forEach((op, i) => {
       const r = results[i]!;

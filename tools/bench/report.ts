@@ -177,9 +177,9 @@ export function judgeTargets(r: BenchReport): void {
   const srSerial = sr?.serial?.fsyncPerMessage;
   const pfS = pfSerial ? Object.values(pfSerial)[0] : undefined;
   t.push({
-    target: 'serial fsyncs per message per node ≤ Postfix',
+    target: 'serial fsyncs per message per node ≤ Postfix (+0.02: checkpoints, off the reply path, over a short pass)',
     measured: srSerial && pfS !== undefined ? `${Object.entries(srSerial).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} vs Postfix ${pfS.toFixed(2)}` : 'not measured',
-    met: srSerial && pfS !== undefined ? Math.max(...Object.values(srSerial)) <= pfS + 0.05 : null,
+    met: srSerial && pfS !== undefined ? Math.max(...Object.values(srSerial)) <= pfS + 0.02 : null,
   });
   // logging: info (the default) against warn in the same run
   const warn = r.systems.find((s) => s.system === 'shadowrelay-warn' && !s.error);
