@@ -59,6 +59,7 @@ describe('npm run bench', () => {
       '--large-messages', '5',
       '--many-sessions', '10',
       '--many-messages', '10',
+      '--logging-messages', '10',
       '--json', json,
     ];
     const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
@@ -87,6 +88,7 @@ describe('npm run bench', () => {
         error?: string;
         small?: { accepted: number; endToEndPerSec: number | null; fsyncPerMessage?: Record<string, number> };
         slowDisk?: Array<{ delayMs: number }>;
+        logging?: { rounds: Array<{ level: string; acceptedPerSec: number }> };
         leftover?: Record<string, number>;
       }>;
       tools: { fsyncShim?: string | null };
@@ -96,6 +98,9 @@ describe('npm run bench', () => {
     expect(sr.small!.accepted).toBe(50);
     expect(sr.small!.endToEndPerSec).toBeGreaterThan(0);
     expect(sr.leftover).toEqual({ aPrimary: 0, bShadow: 0, aOutbox: 0 });
+    // the cost of logging in the same pair: the level changed live between rounds
+    expect(sr.logging!.rounds.map((x) => x.level)).toEqual(['info', 'warn', 'warn', 'info', 'info', 'warn', 'warn', 'info']);
+    expect(r.stdout).toMatch(/\| logging, same pair, level changed live/);
     if (report.tools.fsyncShim) {
       // fsyncs counted on each node (each its own machine), and the slow-disk pass ran
       expect(Object.keys(sr.small!.fsyncPerMessage ?? {}).sort()).toEqual(['relay-a', 'relay-b']);

@@ -106,6 +106,24 @@ export async function waitForPort(port: number, timeoutMs: number, host = '127.0
 }
 
 /** GET http://127.0.0.1:port/path → status code (0 when unreachable). */
+/** GET on 127.0.0.1: the body as text, or null when there was no 200. */
+export function httpText(port: number, urlPath: string): Promise<string | null> {
+  return new Promise((resolve) => {
+    const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve(res.statusCode === 200 ? body : null));
+      res.on('error', () => resolve(null));
+    });
+    req.on('error', () => resolve(null));
+    req.on('timeout', () => {
+      req.destroy();
+      resolve(null);
+    });
+  });
+}
+
 export function httpStatus(port: number, urlPath: string): Promise<number> {
   return new Promise((resolve) => {
     const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 2000 }, (res) => {

@@ -36,6 +36,14 @@ export interface LatencyFigures {
   maxMs: number | null;
 }
 
+/** The cost of logging, measured in one pair: rounds alternating info and warn (changed live). */
+export interface LoggingFigures {
+  rounds: Array<{ level: 'info' | 'warn'; acceptedPerSec: number; cpuMsPerMessage: number | null }>;
+  /** means over the rounds at each level */
+  info: { acceptedPerSec: number; cpuMsPerMessage: number | null };
+  warn: { acceptedPerSec: number; cpuMsPerMessage: number | null };
+}
+
 export interface SerialFigures {
   messages: number;
   /** smtp-source -s 1 wall time per message (connect, EHLO, MAIL, RCPT, DATA, QUIT) */
@@ -74,6 +82,7 @@ export interface SystemResult {
   manySessions?: ThroughputFigures & MemoryFigures;
   memory?: MemoryFigures;
   slowDisk?: SlowDiskFigures[];
+  logging?: LoggingFigures;
   leftover?: Record<string, number>;
 }
 
@@ -181,19 +190,22 @@ export function judgeTargets(r: BenchReport): void {
     measured: srSerial && pfS !== undefined ? `${Object.entries(srSerial).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} vs Postfix ${pfS.toFixed(2)}` : 'not measured',
     met: srSerial && pfS !== undefined ? Math.max(...Object.values(srSerial)) <= pfS + 0.02 : null,
   });
-  // logging: info (the default) against warn in the same run
+  // logging: info (the default) against warn. Preferred: the same pair, levels alternating
+  // live round by round (shadowrelay's logging pass); else a second pair at warn (noisier)
   const warn = r.systems.find((s) => s.system === 'shadowrelay-warn' && !s.error);
-  const cpuInfo = sr?.small?.cpuMsPerMessage;
-  const cpuWarn = warn?.small?.cpuMsPerMessage;
-  const thrInfo = sr?.small?.acceptedPerSec;
-  const thrWarn = warn?.small?.acceptedPerSec;
+  const same = sr?.logging;
+  const cpuInfo = same ? same.info.cpuMsPerMessage : sr?.small?.cpuMsPerMessage;
+  const cpuWarn = same ? same.warn.cpuMsPerMessage : warn?.small?.cpuMsPerMessage;
+  const thrInfo = same ? same.info.acceptedPerSec : sr?.small?.acceptedPerSec;
+  const thrWarn = same ? same.warn.acceptedPerSec : warn?.small?.acceptedPerSec;
+  const how = same ? `same pair, ${same.rounds.length} rounds alternating` : 'a second pair at warn; noisy on a shared machine';
   t.push({
     target: 'logging at info costs < 5 % of throughput (against warn, same run)',
     measured:
       cpuInfo && cpuWarn && thrInfo && thrWarn
-        ? `CPU per message +${(((cpuInfo - cpuWarn) / cpuWarn) * 100).toFixed(1)} % (${f2(cpuInfo)} vs ${f2(cpuWarn)} ms); accepted msg/s ${(((thrInfo - thrWarn) / thrWarn) * 100).toFixed(1)} % (${f0(thrInfo)} vs ${f0(thrWarn)}; noisy on a shared machine)`
+        ? `accepted msg/s ${(((thrInfo - thrWarn) / thrWarn) * 100).toFixed(1)} % (${f0(thrInfo)} vs ${f0(thrWarn)}), CPU per message +${(((cpuInfo - cpuWarn) / cpuWarn) * 100).toFixed(1)} % (${f2(cpuInfo)} vs ${f2(cpuWarn)} ms); ${how}`
         : 'not measured',
-    met: cpuInfo && cpuWarn ? (cpuInfo - cpuWarn) / cpuWarn < 0.05 : null,
+    met: cpuInfo && cpuWarn && thrInfo && thrWarn ? (cpuInfo - cpuWarn) / cpuWarn < 0.05 && (thrWarn - thrInfo) / thrWarn < 0.05 : null,
   });
   // the standard C=200 pass, else the leak check (also C=200 with 1 MB messages)
   const peaks = sr?.manySessions ? Object.values(sr.manySessions.peakRss) : r.leak ? Object.values(r.leak.nodes).map((n) => n.peakRss) : [];
@@ -268,6 +280,13 @@ export function markdown(r: BenchReport): string {
       row(`${tag}: serial ms per message (connect to QUIT)`, (s) => get(s)?.serial.msPerMessage, f2);
       row(`${tag}: serial accept latency p50, ms`, (s) => get(s)?.serial.latency.p50Ms, f2);
       fsRow(`${tag}: fsync calls per message per machine, serial`, (s) => get(s)?.serial.fsyncPerMessage);
+    }
+    if (sr?.logging) {
+      const l = sr.logging;
+      const cell = (x: LoggingFigures['info']) => `${f0(x.acceptedPerSec)} msg/s, ${f2(x.cpuMsPerMessage)} CPU ms/msg`;
+      out.push(
+        `| logging, same pair, level changed live (${l.rounds.map((x) => x.level).join(', ')}): info / warn | ${cols.map((c) => (c === sr ? `${cell(l.info)} / ${cell(l.warn)}` : '')).join(' | ')} |${withRatios ? ' | |' : ''}`,
+      );
     }
     const memRow = (name: string, get: (s: SystemResult) => MemoryFigures | undefined) =>
       out.push(`| ${name} | ${cols.map((c) => (c.skipped ? 'skipped' : rssCell(get(c)))).join(' | ')} |${withRatios ? ' | |' : ''}`);

@@ -57,8 +57,9 @@ const { values: argv } = parseArgs({
     'many-sessions': { type: 'string', default: '200' },
     'many-messages': { type: 'string', default: '400' },
     'delivery-concurrency': { type: 'string', default: '20' },
-    systems: { type: 'string', default: 'ceiling,postfix,shadowrelay,shadowrelay-warn' },
-    passes: { type: 'string', default: 'cold,small,latency,serial,large,many,slow' },
+    'logging-messages': { type: 'string', default: '1500' },
+    systems: { type: 'string', default: 'ceiling,postfix,shadowrelay' },
+    passes: { type: 'string', default: 'cold,small,latency,serial,large,many,logging,slow' },
     generator: { type: 'string', default: 'auto' },
     sink: { type: 'string', default: 'auto' },
     json: { type: 'string' },
@@ -86,8 +87,9 @@ if (argv.help) {
   --many-sessions C       sessions in the memory pass with large messages (200)
   --many-messages N       messages in that pass (400)
   --delivery-concurrency N  shadowrelay delivery.concurrency (20, Postfix's default destination concurrency)
-  --systems LIST          ceiling,postfix,shadowrelay,shadowrelay-warn
-  --passes LIST           cold,small,latency,serial,large,many,slow (for quick comparisons while optimising)
+  --logging-messages N    messages per round of the logging pass (1500; 8 rounds, info and warn alternating in one pair)
+  --systems LIST          ceiling,postfix,shadowrelay (and shadowrelay-warn: a second pair at log level warn)
+  --passes LIST           cold,small,latency,serial,large,many,logging,slow (for quick comparisons while optimising)
   --generator auto|node   smtp-source when installed, else the Node generator
   --sink auto|node        smtp-sink when installed, else a Node sink
   --json FILE             where to write the JSON (default: a file in the temp folder)
@@ -122,6 +124,7 @@ const P = {
   manySessions: num('many-sessions'),
   manyMessages: num('many-messages'),
   deliveryConcurrency: num('delivery-concurrency'),
+  loggingMessages: num('logging-messages'),
 };
 
 const passes = new Set(String(argv.passes).split(','));
@@ -312,6 +315,40 @@ interface Started {
   mem: () => Memory;
   stop: () => Promise<void>;
   leftover?: () => Promise<Record<string, number>>;
+  setLogLevel?: (level: string) => Promise<void>;
+}
+
+/**
+ * The cost of logging in one pair: C=20 rounds at info and warn, the level changed live
+ * between them (config + SIGHUP), in the order i w w i i w w i so a drift of the machine
+ * during the pass weighs on both levels alike. Two separately started pairs differed by more
+ * than the cost itself on this shared machine.
+ */
+async function loggingPass(res: SystemResult, s: Started): Promise<void> {
+  const order = ['info', 'warn', 'warn', 'info', 'info', 'warn', 'warn', 'info'] as const;
+  const rounds: NonNullable<SystemResult['logging']>['rounds'] = [];
+  let level = 'info';
+  say(`${res.label}: logging pass, ${order.length} rounds of ${P.loggingMessages} × ${P.size} B, C=${P.sessions}, info and warn alternating`);
+  try {
+    for (const l of order) {
+      if (l !== level) await s.setLogLevel!(l);
+      level = l;
+      const r = await throughput(s.target, s.sink, { sessions: P.sessions, messages: P.loggingMessages, size: P.size });
+      rounds.push({ level: l, acceptedPerSec: r.acceptedPerSec, cpuMsPerMessage: r.cpuMsPerMessage });
+      say(`${res.label}:   ${l}: ${r.acceptedPerSec} accepted msg/s, ${r.cpuMsPerMessage} CPU ms/msg`);
+    }
+  } finally {
+    if (level !== 'info') await s.setLogLevel!('info');
+  }
+  const mean = (l: 'info' | 'warn') => {
+    const xs = rounds.filter((r) => r.level === l);
+    const cpu = xs.map((r) => r.cpuMsPerMessage).filter((x): x is number => x !== null);
+    return {
+      acceptedPerSec: round2(xs.reduce((a, r) => a + r.acceptedPerSec, 0) / xs.length),
+      cpuMsPerMessage: cpu.length ? round2(cpu.reduce((a, b) => a + b, 0) / cpu.length) : null,
+    };
+  };
+  res.logging = { rounds, info: mean('info'), warn: mean('warn') };
 }
 
 /** One slow-disk pass on a freshly started system: a short warm-up, C sessions, serial. */
@@ -423,6 +460,7 @@ async function startShadowrelay(logLevel: string, disk: { delayMs: number; seria
     sink,
     mem: () => nodeMemory([pair.a, pair.b]),
     leftover: () => waitDrained(pair, 15000),
+    setLogLevel: (level) => pair.setLogLevel(level),
     stop: async () => {
       await pair.stop();
       await sink.stop();
@@ -435,6 +473,7 @@ async function shadowrelaySystem(res: SystemResult, logLevel: string, full: bool
   try {
     if (full) {
       await standardPasses(res, s.target, s.sink, s.mem());
+      if (passes.has('logging') && logLevel === 'info') await loggingPass(res, s);
     } else {
       // the logging comparison: the same cold and warm passes only
       const mem = s.mem();

@@ -5,14 +5,15 @@
  * Ports are chosen up front (at log level warn the nodes log no "started" line); readiness is
  * the admin endpoint's /readyz (SMTP up and the peer reachable).
  */
-import { mkdirSync, openSync, closeSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import YAML from 'yaml';
 import os from 'node:os';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { deepMerge, writePairConfigs } from '../pair.js';
 import { freePort } from '../net.js';
 import { Spool } from '../../src/spool/index.js';
-import { httpStatus, stopChild, type Registry } from './procs.js';
+import { httpStatus, httpText, stopChild, type Registry } from './procs.js';
 import { PRODUCT_CLI, ROOT } from '../paths.js';
 
 /**
@@ -60,7 +61,17 @@ export interface RunningPair {
   dir: string;
   /** primaries on A + shadows on B still held (0 once everything is delivered and discarded) */
   leftover(): { aPrimary: number; bShadow: number; aOutbox: number };
+  /** both nodes to this log level, live (config file + SIGHUP, as an operator does); resolves once applied */
+  setLogLevel(level: string): Promise<void>;
   stop(): Promise<void>;
+}
+
+/** Reloads a node has applied so far (its /metrics). */
+async function reloadsApplied(adminPort: number): Promise<number> {
+  const text = await httpText(adminPort, '/metrics');
+  const m = text ? /^shadowrelay_config_reloads_total\{[^}]*result="applied"[^}]*\} (\d+)/m.exec(text) : null;
+  if (!m) throw new Error(`no reload counter on the admin port ${adminPort}`);
+  return Number(m[1]);
 }
 
 export async function startPair(reg: Registry, o: BenchPairOptions): Promise<RunningPair> {
@@ -136,6 +147,21 @@ export async function startPair(reg: Registry, o: BenchPairOptions): Promise<Run
       const a = count(nodes['relay-a']!);
       const b = count(nodes['relay-b']!);
       return { aPrimary: a.primary, bShadow: b.shadow, aOutbox: a.outbox };
+    },
+    setLogLevel: async (level: string) => {
+      for (const n of names) {
+        const file = files.configs[n]!;
+        const doc = YAML.parse(readFileSync(file, 'utf8')) as { log: { level: string } };
+        doc.log.level = level;
+        writeFileSync(file, YAML.stringify(doc));
+        const before = await reloadsApplied(nodes[n]!.adminPort);
+        process.kill(nodes[n]!.pid, 'SIGHUP');
+        const end = Date.now() + 15000;
+        while ((await reloadsApplied(nodes[n]!.adminPort)) <= before) {
+          if (Date.now() > end) throw new Error(`${n} did not apply log level ${level} within 15 s: ${tail(nodes[n]!.logFile)}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
     },
     stop: async () => {
       await stop();
