@@ -35,6 +35,7 @@ import { reply, SmtpReply, HangUp } from '../base/replies.js';
 import { newQueueId } from '../base/ids.js';
 import { sharedConcat } from '../base/buffers.js';
 import { listenOn, type HostPort } from '../base/net.js';
+import { addAcceptHandles, type AcceptHandles } from '../base/accept.js';
 import { rfc5322Date, type InboundMessage } from '../base/message.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 import type { NetworkList } from './networks.js';
@@ -87,6 +88,8 @@ export interface SmtpLimits extends ConnectionLimits {
 const BEFORE_TLS = new Set(['EHLO', 'HELO', 'STARTTLS', 'NOOP', 'RSET', 'QUIT']);
 // sendmail jokes and proxy commands smtp-server implements; none has a use here
 const ALWAYS_DISABLED = ['WIZ', 'SHELL', 'KILL', 'XCLIENT', 'XFORWARD'];
+/** listening copies besides the listener itself: up to 4 connections accepted per event-loop turn */
+const EXTRA_ACCEPT_HANDLES = 3;
 
 export function receivedHeader(
   o: { hostname: string },
@@ -123,6 +126,7 @@ export class SmtpListener {
   private readonly bodyBudget: BodyBudget;
   private draining = false;
   private started = false;
+  private accepts: AcceptHandles | undefined;
   /** sessions whose DATA is being received (or waits for the body budget) / whose message is being accepted */
   private readonly receiving = new Set<string>();
   private readonly accepting = new Set<string>();
@@ -270,6 +274,9 @@ export class SmtpListener {
 
   async listen(at: HostPort): Promise<HostPort> {
     const addr = await listenOn(this.server.server, at.host, at.port);
+    // a connection per message: more than one accept per event-loop turn (base/accept.ts)
+    this.accepts = await addAcceptHandles(this.server.server, EXTRA_ACCEPT_HANDLES, { allowHalfOpen: true });
+    if (this.accepts.reason) this.o.log.warn({ reason: this.accepts.reason }, 'smtp: one connection accepted per event-loop turn');
     this.started = true;
     return addr;
   }
@@ -453,7 +460,8 @@ export class SmtpListener {
   }
 
   /** Stops accepting connections; open sessions are closed by smtp-server's close logic. */
-  close(): Promise<void> {
-    return new Promise((resolve) => this.server.close(() => resolve()));
+  async close(): Promise<void> {
+    await this.accepts?.close();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }
