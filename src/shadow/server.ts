@@ -171,6 +171,7 @@ export class ShadowServer {
   }
 
   private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const since = process.hrtime.bigint();
     stream.on('error', () => {});
     const peer = this.peerFor(stream);
     if (!peer) return reply(stream, 403, { error: 'certificate names no configured peer' });
@@ -195,7 +196,7 @@ export class ShadowServer {
     stream.on('end', () => {
       if (tooBig) return;
       const body = sharedConcat(chunks, size);
-      this.handle(peer, String(method), url, body).then(
+      this.handle(peer, String(method), url, body, since).then(
         ([status, json]) => reply(stream, status, json),
         (err: unknown) => {
           if (err instanceof ProtocolError) return reply(stream, 400, { error: err.message });
@@ -206,7 +207,8 @@ export class ShadowServer {
     });
   }
 
-  private async handle(peer: string, method: string, url: string, body: Buffer): Promise<[number, unknown]> {
+  /** `since`: when the request's headers arrived (the stored line says how long the copy took here) */
+  private async handle(peer: string, method: string, url: string, body: Buffer, since: bigint): Promise<[number, unknown]> {
     const spool = this.o.spool;
     const hooks = this.o.hooks;
     if (method === 'PUT' && url.startsWith('/v1/messages/')) {
@@ -221,6 +223,7 @@ export class ShadowServer {
         this.o.log.warn({ id, peer }, 'shadow refused: its primary already settled this message without our copy');
         return [409, { error: 'resolved as not held: copy refused' }];
       }
+      const t0 = process.hrtime.bigint();
       const store = spool.storeShadow({
         id,
         origin: peer,
@@ -244,7 +247,10 @@ export class ShadowServer {
         this.storing.delete(key);
       }
       this.full = false;
-      this.o.log.info({ id, peer, size: raw.length, result }, 'shadow stored');
+      // storeMs: this node's durable write; requestMs: from the request's headers to here (the
+      // primary's shadowMs minus this is the link and the primary's own loop)
+      const now = process.hrtime.bigint();
+      this.o.log.info({ id, peer, size: raw.length, result, storeMs: Number(now - t0) / 1e6, requestMs: Number(now - since) / 1e6 }, 'shadow stored');
       return [201, { result }];
     }
     if (method === 'POST' && url === '/v1/resolve') {

@@ -332,6 +332,11 @@ describe('logs', () => {
     expect(a[3]).toMatchObject({ to: 'bob@example.test', relay: `127.0.0.1:${pair.sink.port}`, dsn: '2.0.0', status: 'sent' });
     expect(typeof a[3]!.delay).toBe('number');
     expect(b.map((l) => l.msg)).toEqual(['shadow stored', 'shadow discarded']);
+    // how long the copy took on the peer: its write, and the whole request
+    const stored = b[0]! as { storeMs?: unknown; requestMs?: unknown };
+    expect(typeof stored.storeMs).toBe('number');
+    expect(typeof stored.requestMs).toBe('number');
+    expect(stored.requestMs as number).toBeGreaterThanOrEqual(stored.storeMs as number);
     for (const l of [...a, ...b]) expect(typeof l.node).toBe('string');
   });
 
