@@ -174,3 +174,45 @@ describe('the link client: reconnecting after a silent connect', () => {
     expect(Date.now() - t0).toBeLessThan(2000);
   }, 30000);
 });
+
+describe('the link client: one flush per request', () => {
+  it("a request's parts reach the peer in one flush: its body ends in the turn its headers arrive", async () => {
+    const { dir, cleanup } = tmpDir('sr-flush-');
+    cleanups.push(cleanup);
+    await writeCertSet(dir, ['relay-a', 'relay-b']);
+    const f = (n: string) => readFileSync(path.join(dir, n));
+    // turns of this (shared) loop, counted by a check-phase callback that re-arms itself
+    let turn = 0;
+    let counting = true;
+    const tick = () => {
+      turn++;
+      if (counting) setImmediate(tick);
+    };
+    setImmediate(tick);
+    cleanups.push(() => {
+      counting = false;
+    });
+    const server = http2.createSecureServer({ ca: f('ca.crt'), cert: f('relay-b.crt'), key: f('relay-b.key'), requestCert: true });
+    const turns: Array<{ headers: number; end: number }> = [];
+    server.on('stream', (s) => {
+      const headers = turn;
+      s.on('data', () => undefined);
+      s.on('end', () => {
+        turns.push({ headers, end: turn });
+        s.respond({ ':status': 201 });
+        s.end('{}');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    const port = (server.address() as { port: number }).port;
+    const c = new PeerClient({ name: 'relay-b', host: '127.0.0.1', port, tls: { ca: f('ca.crt'), cert: f('relay-a.crt'), key: f('relay-a.key') } });
+    cleanups.push(() => c.close());
+    // as a put goes: a small part (the metadata) and the message
+    const parts = () => [Buffer.from('{"meta":1}\n'), Buffer.alloc(10_240, 120)];
+    await c.request('PUT', '/v1/messages/ABCDEFGH12', parts(), 5000); // the session's handshake
+    for (let i = 0; i < 5; i++) await c.request('PUT', '/v1/messages/ABCDEFGH12', parts(), 5000);
+    expect(turns).toHaveLength(6);
+    for (const t of turns.slice(1)) expect(t.end, 'the body came with its headers').toBe(t.headers);
+  }, 30000);
+});
