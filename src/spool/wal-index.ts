@@ -42,9 +42,10 @@ export class WalIndexReader {
       return null;
     }
     const b = this.buf;
-    if (b.readUInt32LE(0) !== VERSION && b.readUInt32BE(0) !== VERSION) return null;
-    if (!b.subarray(0, HEADER).equals(b.subarray(HEADER, 2 * HEADER))) return null;
+    // the machine's byte order: the version reads right in one of the two
     const le = b.readUInt32LE(0) === VERSION;
+    if (!le && b.readUInt32BE(0) !== VERSION) return null;
+    if (!b.subarray(0, HEADER).equals(b.subarray(HEADER, 2 * HEADER))) return null;
     const u32 = (at: number) => (le ? b.readUInt32LE(at) : b.readUInt32BE(at));
     return { mxFrame: u32(16), nBackfill: u32(96) };
   }

@@ -7,6 +7,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import net from 'node:net';
 import { spawn } from 'node:child_process';
 import { addAcceptHandles, type AcceptHandles } from '../../src/base/accept.js';
+import { countTurns } from '../helpers/index.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -15,23 +16,14 @@ afterEach(async () => {
 
 async function listening(): Promise<{ server: net.Server; port: number; turnsOf: number[] }> {
   const turnsOf: number[] = [];
-  let turn = 0;
+  const turns = countTurns();
   const server = net.createServer({ allowHalfOpen: true }, (s) => {
-    turnsOf.push(turn);
+    turnsOf.push(turns.now());
     s.on('error', () => undefined);
     s.end('hi\r\n');
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  // one count per turn of the loop: a check-phase callback that re-arms itself
-  let on = true;
-  const tick = () => {
-    turn++;
-    if (on) setImmediate(tick);
-  };
-  setImmediate(tick);
-  cleanups.push(() => {
-    on = false;
-  });
+  cleanups.push(() => turns.stop());
   cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
   return { server, port: (server.address() as net.AddressInfo).port, turnsOf };
 }

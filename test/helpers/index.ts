@@ -32,6 +32,21 @@ export const CLI = path.join(ROOT, 'dist', 'cli.js');
 /** the tools' command line (demo, sink), as `npm run build` makes it */
 export const TOOLS_CLI = path.join(ROOT, 'dist-tools', 'tools', 'cli.js');
 
+/**
+ * Counts turns of this process's event loop (a check-phase callback that re-arms itself), so a
+ * test can say "in the same turn" instead of "within N ms". `stop` ends the count.
+ */
+export function countTurns(): { now(): number; stop(): void } {
+  let turn = 0;
+  let on = true;
+  const tick = () => {
+    turn++;
+    if (on) setImmediate(tick);
+  };
+  setImmediate(tick);
+  return { now: () => turn, stop: () => (on = false) };
+}
+
 export function tmpDir(prefix = 'sr-test-'): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };

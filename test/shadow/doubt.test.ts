@@ -14,7 +14,7 @@ import { TcpProxy } from '../helpers/proxy.js';
 import http2 from 'node:http2';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { tmpDir } from '../helpers/index.js';
+import { tmpDir, countTurns } from '../helpers/index.js';
 import { writeCertSet } from '../../src/certs/index.js';
 import { PeerClient, PeerError } from '../../src/shadow/client.js';
 
@@ -22,6 +22,14 @@ const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
+
+/** A fresh CA with relay-a and relay-b certificates (removed after the test); reads one of its files. */
+async function certFiles(prefix: string): Promise<(name: string) => Buffer> {
+  const { dir, cleanup } = tmpDir(prefix);
+  cleanups.push(cleanup);
+  await writeCertSet(dir, ['relay-a', 'relay-b']);
+  return (n: string) => readFileSync(path.join(dir, n));
+}
 
 const TIMEOUT_MS = 1000;
 const PROMOTE_MS = 4000;
@@ -117,10 +125,7 @@ describe('a shadow copy in doubt (stored by the peer, its answer lost)', () => {
 
 describe('the link client: a request whose session is destroyed under it', () => {
   it('rejects as unanswered (the peer may have acted on it) — never resolves as an answer with status 0', async () => {
-    const { dir, cleanup } = tmpDir('sr-doubt-');
-    cleanups.push(cleanup);
-    await writeCertSet(dir, ['relay-a', 'relay-b']);
-    const f = (n: string) => readFileSync(path.join(dir, n));
+    const f = await certFiles('sr-doubt-');
     // a peer that takes requests and never answers (frozen after reading them)
     const server = http2.createSecureServer({ ca: f('ca.crt'), cert: f('relay-b.crt'), key: f('relay-b.key'), requestCert: true });
     const seen: string[] = [];
@@ -146,10 +151,7 @@ describe('the link client: a request whose session is destroyed under it', () =>
 
 describe('the link client: reconnecting after a silent connect', () => {
   it('a connect that timed out (nothing answers) is followed at once by a new one, not after a backoff', async () => {
-    const { dir, cleanup } = tmpDir('sr-doubt-');
-    cleanups.push(cleanup);
-    await writeCertSet(dir, ['relay-a', 'relay-b']);
-    const f = (n: string) => readFileSync(path.join(dir, n));
+    const f = await certFiles('sr-doubt-');
     // a black hole: the TCP handshake completes, the TLS one never does
     const net = await import('node:net');
     const conns: import('node:net').Socket[] = [];
@@ -177,28 +179,17 @@ describe('the link client: reconnecting after a silent connect', () => {
 
 describe('the link client: one flush per request', () => {
   it("a request's parts reach the peer in one flush: its body ends in the turn its headers arrive", async () => {
-    const { dir, cleanup } = tmpDir('sr-flush-');
-    cleanups.push(cleanup);
-    await writeCertSet(dir, ['relay-a', 'relay-b']);
-    const f = (n: string) => readFileSync(path.join(dir, n));
-    // turns of this (shared) loop, counted by a check-phase callback that re-arms itself
-    let turn = 0;
-    let counting = true;
-    const tick = () => {
-      turn++;
-      if (counting) setImmediate(tick);
-    };
-    setImmediate(tick);
-    cleanups.push(() => {
-      counting = false;
-    });
+    const f = await certFiles('sr-flush-');
+    // turns of this loop, shared by the client and the server
+    const turn = countTurns();
+    cleanups.push(() => turn.stop());
     const server = http2.createSecureServer({ ca: f('ca.crt'), cert: f('relay-b.crt'), key: f('relay-b.key'), requestCert: true });
     const turns: Array<{ headers: number; end: number }> = [];
     server.on('stream', (s) => {
-      const headers = turn;
+      const headers = turn.now();
       s.on('data', () => undefined);
       s.on('end', () => {
-        turns.push({ headers, end: turn });
+        turns.push({ headers, end: turn.now() });
         s.respond({ ':status': 201 });
         s.end('{}');
       });

@@ -105,7 +105,6 @@ export async function waitForPort(port: number, timeoutMs: number, host = '127.0
   }
 }
 
-/** GET http://127.0.0.1:port/path → status code (0 when unreachable). */
 /** GET on 127.0.0.1: the body as text, or null when there was no 200. */
 export function httpText(port: number, urlPath: string): Promise<string | null> {
   return new Promise((resolve) => {
@@ -124,6 +123,7 @@ export function httpText(port: number, urlPath: string): Promise<string | null> 
   });
 }
 
+/** GET http://127.0.0.1:port/path → status code (0 when unreachable). */
 export function httpStatus(port: number, urlPath: string): Promise<number> {
   return new Promise((resolve) => {
     const req = http.get({ host: '127.0.0.1', port, path: urlPath, timeout: 2000 }, (res) => {
