@@ -42,8 +42,8 @@ function insertRows(c: SpoolContext, m: NewMessage, role: Role, state: MessageSt
     nextAttemptAt: m.receivedAt,
     client: m.client ?? null,
     shadowPeer: null,
-    body: m.body,
   });
+  c.st.insertBody.run(m.id, m.body);
   m.recipients.forEach((r, i) => c.st.insertRcpt.run(m.id, i, r));
 }
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { SpoolOptions } from './types.js';
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 export const MIGRATIONS: Readonly<Record<number, string>> = {
   1: `
@@ -76,6 +76,17 @@ export const MIGRATIONS: Readonly<Record<number, string>> = {
     -- top next-hop errors: the pending recipients by reply. Partial, so that no query of the
     -- delivery path (which finds recipients by message id) can be planned onto it
     CREATE INDEX recipients_pending_error ON recipients (last_error) WHERE state = 'pending' AND last_error IS NOT NULL;
+  `,
+  4: `
+    -- bodies in a table of their own: SQLite rewrites a whole record when an UPDATE changes its
+    -- size, overflow pages included, so the accepted mark, an attempt or a promotion of a 1 MB
+    -- message wrote 1 MB more log (and a checkpoint 1 MB more database) with the body in the row
+    CREATE TABLE bodies (
+      id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+      body BLOB NOT NULL
+    );
+    INSERT INTO bodies (id, body) SELECT id, body FROM messages;
+    ALTER TABLE messages DROP COLUMN body;
   `,
 };
 

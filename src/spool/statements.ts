@@ -9,9 +9,11 @@ export type Statements = ReturnType<typeof prepareStatements>;
 export function prepareStatements(db: Database.Database) {
   return {
     insertMsg: db.prepare(
-      `INSERT INTO messages(id,role,state,origin,origin_incarnation,sender,size,received_at,next_attempt_at,client,shadow_peer,body)
-       VALUES(@id,@role,@state,@origin,@originIncarnation,@sender,@size,@receivedAt,@nextAttemptAt,@client,@shadowPeer,@body)`,
+      `INSERT INTO messages(id,role,state,origin,origin_incarnation,sender,size,received_at,next_attempt_at,client,shadow_peer)
+       VALUES(@id,@role,@state,@origin,@originIncarnation,@sender,@size,@receivedAt,@nextAttemptAt,@client,@shadowPeer)`,
     ),
+    /** after its messages row (the foreign key); deleting the row deletes the body (ON DELETE CASCADE) */
+    insertBody: db.prepare(`INSERT INTO bodies(id,body) VALUES(?,?)`),
     insertRcpt: db.prepare(`INSERT INTO recipients(message_id,idx,address) VALUES(?,?,?)`),
     exists: db.prepare(`SELECT role, origin FROM messages WHERE id=?`),
     setState: db.prepare(`UPDATE messages SET state=?, shadow_peer=? WHERE id=? AND role='primary'`),
@@ -28,7 +30,7 @@ export function prepareStatements(db: Database.Database) {
     getMsg: db.prepare(
       `SELECT id,role,state,origin,sender,size,received_at,next_attempt_at,attempts,last_error,shadow_peer FROM messages WHERE id=?`,
     ),
-    getBody: db.prepare(`SELECT body FROM messages WHERE id=?`),
+    getBody: db.prepare(`SELECT body FROM bodies WHERE id=?`),
     getRcpts: db.prepare(`SELECT idx,address,state,last_error,reported FROM recipients WHERE message_id=? ORDER BY idx`),
     // held: peers a primary must reconcile with before delivering what it shadowed there
     due: db.prepare(
@@ -86,8 +88,8 @@ export function prepareStatements(db: Database.Database) {
     drainShadows: db.prepare(`SELECT id FROM messages WHERE role='shadow' AND origin=? ORDER BY received_at LIMIT ?`),
     setShadowPeer: db.prepare(`UPDATE messages SET shadow_peer=? WHERE id=? AND role='primary' AND origin=? AND shadow_peer=?`),
     insertTransferred: db.prepare(
-      `INSERT INTO messages(id,role,state,origin,origin_incarnation,sender,size,received_at,next_attempt_at,client,shadow_peer,body)
-       VALUES(@id,'primary',@state,@origin,@originIncarnation,@sender,@size,@receivedAt,@nextAttemptAt,NULL,@shadowPeer,@body)`,
+      `INSERT INTO messages(id,role,state,origin,origin_incarnation,sender,size,received_at,next_attempt_at,client,shadow_peer)
+       VALUES(@id,'primary',@state,@origin,@originIncarnation,@sender,@size,@receivedAt,@nextAttemptAt,NULL,@shadowPeer)`,
     ),
     shadowsToVerify: db.prepare(
       `SELECT id, received_at FROM messages

@@ -28,8 +28,8 @@ export function takeTransfer(c: SpoolContext, m: TransferredMessage, shadowPeer:
     receivedAt: m.receivedAt,
     nextAttemptAt: Date.now(),
     shadowPeer,
-    body: m.body,
   });
+  c.st.insertBody.run(m.id, m.body);
   m.recipients.forEach((r, i) => c.st.insertRcpt.run(m.id, i, r));
   return 'accepted';
 }

@@ -5,6 +5,7 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import path from 'node:path';
+import { statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { Spool, MIGRATIONS } from '../../src/spool/index.js';
 import { GroupCommit } from '../../src/spool/commit.js';
@@ -178,7 +179,7 @@ describe('spool (real SQLite)', () => {
     expect(g.commits).toBe(2);
   });
 
-  it('migrates a version-1 spool to version 2, keeping its messages and incarnation', async () => {
+  it('migrates a version-1 spool to the current version, keeping its messages, their bodies and its incarnation', async () => {
     const { dir, cleanup } = tmpDir();
     cleanups.push(cleanup);
     const db = new Database(path.join(dir, 'spool.db'));
@@ -195,8 +196,32 @@ describe('spool (real SQLite)', () => {
     expect(spool.incarnation).toBe('inc-1');
     const m = spool.get('CCCCCCCC01')!;
     expect(m.recipients).toEqual([{ idx: 0, address: 'r@x.test', state: 'failed', lastError: null, reported: false }]);
+    expect(spool.getWithBody('CCCCCCCC01')!.body.toString()).toBe('x');
     const ro = Spool.open(dir, { node: 'n', readonly: true });
     expect(ro.list()).toHaveLength(1);
     await ro.close();
+  });
+
+  it('a change to a message row (accepted mark, failed attempt) does not rewrite its body; purging the message deletes the body', async () => {
+    const { dir, cleanup } = tmpDir();
+    cleanups.push(cleanup);
+    const spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000 });
+    cleanups.push(() => spool.close());
+    const file = path.join(dir, 'spool.db');
+    const side = new Database(file);
+    cleanups.push(() => side.close());
+    const body = Buffer.alloc(1024 * 1024, 120);
+    await spool.spoolPrimary({ id: 'EEEEEEEE01', sender: 's@x.test', recipients: ['r@x.test'], body, receivedAt: Date.now(), client: '127.0.0.1' });
+    // the log emptied, so what follows is all the next changes wrote
+    side.pragma('wal_checkpoint(TRUNCATE)');
+    await spool.markAccepted('EEEEEEEE01', 'relay-b'); // 'spooled' -> 'queued', a peer named: the row changes size
+    await spool.recordAttempt('EEEEEEEE01', [], Date.now() + 600_000, '451 4.4.1 a long error text that makes the row grow');
+    const walBytes = statSync(`${file}-wal`).size;
+    // a few pages (row, indexes); the body in the row would be 1 MB more each time
+    expect(walBytes).toBeLessThan(128 * 1024);
+    expect(spool.getWithBody('EEEEEEEE01')!.body.equals(body)).toBe(true);
+    const done = await spool.recordAttempt('EEEEEEEE01', [{ idx: 0, state: 'delivered' }], Date.now(), null);
+    expect(done.purged).toBe(true);
+    expect(side.prepare('SELECT COUNT(*) AS n FROM bodies').get()).toEqual({ n: 0 });
   });
 });
