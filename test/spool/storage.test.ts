@@ -209,7 +209,7 @@ describe('spool (real SQLite)', () => {
     cleanups.push(() => spool.close());
     const file = path.join(dir, 'spool.db');
     const side = new Database(file);
-    cleanups.push(() => side.close());
+    cleanups.push(() => void side.close());
     const body = Buffer.alloc(1024 * 1024, 120);
     await spool.spoolPrimary({ id: 'EEEEEEEE01', sender: 's@x.test', recipients: ['r@x.test'], body, receivedAt: Date.now(), client: '127.0.0.1' });
     // the log emptied, so what follows is all the next changes wrote
