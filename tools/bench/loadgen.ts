@@ -35,11 +35,14 @@ export interface LoadResult {
   firstError: string | null;
 }
 
-/** The payload: lines of 76 characters + CRLF, never starting with a dot. */
+const HEADERS = Buffer.from('From: <bench@loadgen.test>\r\nTo: <sink@sink.test>\r\nSubject: bench\r\nMessage-Id: <bench@loadgen.test>\r\n\r\n');
+
+/** The payload, as smtp-source makes it: a header section, an empty line, then lines of 76 characters + CRLF, never starting with a dot. */
 export function payload(size: number): Buffer {
   const line = Buffer.from('x'.repeat(76) + '\r\n');
   const buf = Buffer.alloc(size);
   for (let o = 0; o < size; o += line.length) line.copy(buf, o, 0, Math.min(line.length, size - o));
+  buf.write(HEADERS.subarray(0, Math.max(0, size - 2)).toString('latin1'), 0, 'latin1');
   if (size >= 2) buf.write('\r\n', size - 2);
   return buf;
 }
