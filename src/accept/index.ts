@@ -29,6 +29,7 @@ import type { Resolution } from '../shadow/index.js';
 import type { Envelope, InboundMessage } from '../base/message.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 import { monotonicMs } from '../base/clock.js';
+import type { Body } from '../base/buffers.js';
 
 /** Puts the shadow copy on a peer's disk; resolves with the peer's name (the shadow link). */
 export interface Replicator {
@@ -61,7 +62,7 @@ export interface ShadowedAcceptorOptions extends AcceptSettings {
   peerNames: () => string[];
   log: Logger;
   /** called once the message is queued for delivery (its accepted mark durable), with its bytes when at hand */
-  onAccepted: (id: string, body?: Buffer) => void;
+  onAccepted: (id: string, body?: Body) => void;
   /** after a restart, how long copies in doubt wait for a peer's answer before they are delivered anyway */
   promoteAfterMs?: number;
   metrics?: Pick<RelayMetrics, 'accepted' | 'refused' | 'duplicateRisk'>;
@@ -172,7 +173,7 @@ export class ShadowedAcceptor {
   }
 
   /** The accepted mark off the reply path; on a storage error retried (a restart would settle it with the peer). */
-  private markLater(id: string, peer: string, body: Buffer): void {
+  private markLater(id: string, peer: string, body: Body): void {
     const { spool, log } = this.o;
     void (async () => {
       for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {

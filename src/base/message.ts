@@ -3,6 +3,7 @@
  * from the SMTP listener through the spool and the shadow link to delivery and bounces),
  * plus the few things parts read from or write into the bytes.
  */
+import type { Body } from './buffers.js';
 
 export interface Envelope {
   /** queue id: the same on the primary and its shadow copy */
@@ -10,8 +11,8 @@ export interface Envelope {
   /** MAIL FROM ('' for the null sender <>) */
   sender: string;
   recipients: string[];
-  /** the message as received, with our Received header prepended */
-  body: Buffer;
+  /** the message as received, with our Received header prepended (in the pieces it arrived in, or one buffer) */
+  body: Body;
   /** wall time of arrival (ms) */
   receivedAt: number;
 }

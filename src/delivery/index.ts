@@ -33,6 +33,10 @@ import { enhancedCodeOf } from '../base/replies.js';
 import type { Envelope } from '../base/message.js';
 import { noMetrics, type RelayMetrics, type DeferralReason } from '../base/metrics.js';
 import type { Signal } from '../base/signal.js';
+import type { Body } from '../base/buffers.js';
+
+/** A message to send: as the spool has it, with its bytes whole or in the pieces they arrived in. */
+type Sendable = Omit<MessageWithBody, 'body'> & { body: Body };
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 
 export interface DeliveryOptions {
@@ -165,7 +169,7 @@ export class DeliveryWorker {
   }
 
   /** A message just queued (with its bytes when the caller has them): straight to a free slot, else found by the next scan. */
-  offer(id: string, body?: Buffer): void {
+  offer(id: string, body?: Body): void {
     if (!this.running) return;
     if (this.inflight.has(id)) return;
     // a message that waits for a reconcile is turned back by deliver() and found by a scan
@@ -225,7 +229,7 @@ export class DeliveryWorker {
     this.timer.unref();
   }
 
-  private launch(id: string, body?: Buffer): void {
+  private launch(id: string, body?: Body): void {
     const p = this.deliver(id, body)
       .then(
         (finished) => {
@@ -244,7 +248,7 @@ export class DeliveryWorker {
   }
 
   /** One attempt (and its bounce); true when the message needs no further look now. */
-  private async deliver(id: string, body?: Buffer): Promise<boolean> {
+  private async deliver(id: string, body?: Body): Promise<boolean> {
     // the bytes just accepted are the stored ones: no read of the blob (for 1 MB messages a
     // fresh 1 MB buffer per delivery that the heap only frees at its next collection)
     const s = body ? this.o.spool.get(id) : undefined;
@@ -264,7 +268,7 @@ export class DeliveryWorker {
   }
 
   /** One SMTP transaction for the pending recipients; records and logs their outcomes. */
-  private async attempt(m: MessageWithBody, pending: RecipientRow[]): Promise<AttemptResult> {
+  private async attempt(m: Sendable, pending: RecipientRow[]): Promise<AttemptResult> {
     const id = m.id;
     this.metrics.deliveryAttemptStarted();
     const started = process.hrtime.bigint();

@@ -11,6 +11,7 @@
  */
 import MimeNode from 'nodemailer/lib/mime-node';
 import { SmtpSession, type SessionOptions, type SendInfo, type SmtpError } from './smtp-client.js';
+import type { Body } from '../base/buffers.js';
 
 export type { SendInfo } from './smtp-client.js';
 
@@ -23,7 +24,7 @@ export type PoolOptions = Omit<SessionOptions, 'connectionTimeout' | 'greetingTi
 
 /** What the delivery worker needs of a transport (nodemailer's Transporter has the same shape). */
 export interface RawTransport {
-  sendMail(m: { envelope: { from: string; to: string[] }; raw: Buffer }): Promise<SendInfo>;
+  sendMail(m: { envelope: { from: string; to: string[] }; raw: Body }): Promise<SendInfo>;
   close(): void;
 }
 
@@ -54,7 +55,7 @@ export class SmtpPool implements RawTransport {
     };
   }
 
-  async sendMail(m: { envelope: { from: string; to: string[] }; raw: Buffer }): Promise<SendInfo> {
+  async sendMail(m: { envelope: { from: string; to: string[] }; raw: Body }): Promise<SendInfo> {
     const envelope = this.addresses.setEnvelope(m.envelope).getEnvelope() as { from: string | false; to: string[] };
     const env = { from: envelope.from || '', to: envelope.to };
     for (let attempt = 0; ; attempt++) {

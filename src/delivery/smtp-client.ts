@@ -19,6 +19,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import { bodyParts, type Body } from '../base/buffers.js';
 
 export interface SessionOptions {
   host: string;
@@ -76,17 +77,26 @@ const LF_DOT = Buffer.from('\n.');
 const DOT = Buffer.from('.');
 
 /** The body as DATA sends it: dots at line starts doubled, CRLF at the end, then ".". */
-export function dataBytes(raw: Buffer): Buffer[] {
+export function dataBytes(body: Body): Buffer[] {
   const parts: Buffer[] = [];
-  let from = 0;
-  if (raw[0] === 0x2e) parts.push(DOT);
-  for (let at = raw.indexOf(LF_DOT); at >= 0; at = raw.indexOf(LF_DOT, at + 2)) {
-    parts.push(raw.subarray(from, at + 2), DOT);
-    from = at + 2;
+  // the byte before the current piece: the start of the body is a line start
+  let before = 0x0a;
+  let beforeThat = -1;
+  for (const raw of bodyParts(body)) {
+    if (raw.length === 0) continue;
+    let from = 0;
+    // a line that starts with a dot, also where a piece ends with its line break
+    if (before === 0x0a && raw[0] === 0x2e) parts.push(DOT);
+    for (let at = raw.indexOf(LF_DOT); at >= 0; at = raw.indexOf(LF_DOT, at + 2)) {
+      parts.push(raw.subarray(from, at + 2), DOT);
+      from = at + 2;
+    }
+    parts.push(from === 0 ? raw : raw.subarray(from));
+    beforeThat = raw.length >= 2 ? raw[raw.length - 2]! : before;
+    before = raw[raw.length - 1]!;
   }
-  parts.push(from === 0 ? raw : raw.subarray(from));
-  const endsWithCrlf = raw.length >= 2 && raw[raw.length - 2] === 0x0d && raw[raw.length - 1] === 0x0a;
-  if (!endsWithCrlf && raw.length > 0) parts.push(CRLF);
+  const empty = parts.length === 0;
+  if (!empty && !(beforeThat === 0x0d && before === 0x0a)) parts.push(CRLF);
   parts.push(DOT_LINE);
   return parts;
 }
@@ -149,7 +159,7 @@ export class SmtpSession {
   }
 
   /** One message. Refusals reject with EENVELOPE/EMESSAGE; the session stays usable after RSET unless the code was 421. */
-  async send(envelope: { from: string; to: string[] }, raw: Buffer): Promise<SendInfo> {
+  async send(envelope: { from: string; to: string[] }, raw: Body): Promise<SendInfo> {
     this.wrote = false;
     this.wroteMessage = false;
     const utf8 = this.extensions.has('SMTPUTF8') && [envelope.from, ...envelope.to].some((a) => /[^\x00-\x7f]/.test(a));

@@ -17,6 +17,7 @@
  */
 import http2 from 'node:http2';
 import tls from 'node:tls';
+import type { Body } from '../base/buffers.js';
 import type { TlsFiles } from './server.js';
 import { WINDOW } from './server.js';
 import { encodePutParts, type PutMeta, type HeartbeatBody, type DiscardBody, type TransferMeta } from './protocol.js';
@@ -374,7 +375,7 @@ export class PeerClient {
    * Sends a shadow copy; resolves once the peer has it on disk. Fails at once while the link
    * is reconnecting after a loss (the client gets its 451 now, not after timeoutMs).
    */
-  async put(id: string, meta: PutMeta, raw: Buffer, timeoutMs: number): Promise<'stored' | 'exists'> {
+  async put(id: string, meta: PutMeta, raw: Body, timeoutMs: number): Promise<'stored' | 'exists'> {
     const r = await this.json<{ result: 'stored' | 'exists' }>('PUT', `/v1/messages/${id}`, encodePutParts(meta, raw), timeoutMs, 201, true);
     return r.result;
   }
@@ -428,7 +429,7 @@ export class PeerClient {
   }
 
   /** Drain: hands the peer a message to take over (it shadows it on a third node first). */
-  async transfer(id: string, meta: TransferMeta, raw: Buffer, timeoutMs: number): Promise<{ result: 'accepted' | 'exists'; shadowPeer: string }> {
+  async transfer(id: string, meta: TransferMeta, raw: Body, timeoutMs: number): Promise<{ result: 'accepted' | 'exists'; shadowPeer: string }> {
     const r = await this.json<{ result: unknown; shadowPeer: unknown }>('PUT', `/v1/transfer/${id}`, encodePutParts(meta, raw), timeoutMs, 201);
     if ((r.result !== 'accepted' && r.result !== 'exists') || typeof r.shadowPeer !== 'string') {
       throw new PeerError(`peer ${this.o.name}: malformed transfer answer`, 'refused');

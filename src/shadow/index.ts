@@ -41,6 +41,7 @@ import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 import type { HostPort } from '../base/net.js';
 import type { Envelope } from '../base/message.js';
 import { monotonicMs } from '../base/clock.js';
+import type { Body } from '../base/buffers.js';
 
 export { PeerError } from './client.js';
 export type { TlsFiles } from './server.js';
@@ -725,7 +726,7 @@ export class ShadowLink {
    * A draining peer hands us a message: shadow it on a third node (not the peer leaving;
    * not the copy's current holder either, unless that holder is us), then take it over.
    */
-  private async takeTransfer(from: string, id: string, meta: TransferMeta, raw: Buffer): Promise<[number, unknown]> {
+  private async takeTransfer(from: string, id: string, meta: TransferMeta, raw: Body): Promise<[number, unknown]> {
     if (this.draining || this.stopped) return [503, { error: 'draining: not taking messages' }];
     const have = this.o.spool.get(id);
     if (have?.role === 'primary' && have.origin === this.o.nodeName && have.shadowPeer) return [201, { result: 'exists', shadowPeer: have.shadowPeer }];

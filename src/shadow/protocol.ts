@@ -33,6 +33,7 @@
  *
  * The sender's identity is taken from its client certificate, never from the body.
  */
+import { Parts, bodyParts, type Body } from '../base/buffers.js';
 export interface PutMeta {
   sender: string;
   recipients: string[];
@@ -67,27 +68,29 @@ export interface DiscardBody {
 export const ID_RE = /^[A-Za-z0-9]{8,64}$/;
 
 /** The PUT body as parts to write in turn (the message bytes are not copied). */
-export function encodePutParts(meta: PutMeta, raw: Buffer): [Buffer, Buffer] {
+export function encodePutParts(meta: PutMeta, raw: Body): Buffer[] {
   const json = JSON.stringify(meta);
   const head = Buffer.allocUnsafe(4 + Buffer.byteLength(json));
   head.writeUInt32BE(head.length - 4, 0);
   head.write(json, 4);
-  return [head, raw];
+  return [head, ...bodyParts(raw)];
 }
 
-export function encodePut(meta: PutMeta, raw: Buffer): Buffer {
+export function encodePut(meta: PutMeta, raw: Body): Buffer {
   return Buffer.concat(encodePutParts(meta, raw));
 }
 
 export class ProtocolError extends Error {}
 
-export function decodePut(buf: Buffer): { meta: PutMeta; raw: Buffer } {
+/** A PUT body, whole or in the pieces it arrived in; the message bytes come back as views of it (not copied). */
+export function decodePut(body: Body): { meta: PutMeta; raw: Body } {
+  const buf = body instanceof Parts ? body : new Parts([body]);
   if (buf.length < 4) throw new ProtocolError('body too short');
-  const len = buf.readUInt32BE(0);
+  const len = buf.slice(0, 4).whole().readUInt32BE(0);
   if (len > buf.length - 4 || len > 1 << 22) throw new ProtocolError('bad meta length');
   let meta: unknown;
   try {
-    meta = JSON.parse(buf.subarray(4, 4 + len).toString('utf8'));
+    meta = JSON.parse(buf.slice(4, 4 + len).whole().toString('utf8'));
   } catch {
     throw new ProtocolError('meta is not JSON');
   }
@@ -105,12 +108,13 @@ export function decodePut(buf: Buffer): { meta: PutMeta; raw: Buffer } {
   ) {
     throw new ProtocolError('meta fields missing or of the wrong type');
   }
-  return { meta: m as PutMeta, raw: buf.subarray(4 + len) };
+  const raw = buf.slice(4 + len);
+  return { meta: m as PutMeta, raw: body instanceof Parts ? raw : raw.whole() };
 }
 
 /** A transfer body: a PUT body whose meta also names the current shadow holder. */
-export function decodeTransfer(buf: Buffer): { meta: TransferMeta; raw: Buffer } {
-  const { meta, raw } = decodePut(buf);
+export function decodeTransfer(body: Body): { meta: TransferMeta; raw: Body } {
+  const { meta, raw } = decodePut(body);
   const t = meta as Partial<TransferMeta>;
   if (!(t.shadowPeer === null || typeof t.shadowPeer === 'string') || (t.held !== undefined && typeof t.held !== 'boolean')) {
     throw new ProtocolError('transfer meta: shadowPeer must be a name or null');

@@ -22,7 +22,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { ServerSpool } from '../spool/index.js';
 import { decodePut, decodeTransfer, ID_RE, ProtocolError, type HeartbeatBody, type DiscardBody, type TransferMeta } from './protocol.js';
-import { sharedConcat } from '../base/buffers.js';
+import { Parts, type Body } from '../base/buffers.js';
 import { listenOn } from '../base/net.js';
 
 export interface TlsFiles {
@@ -60,7 +60,7 @@ export interface ShadowServerHooks {
   /** this node is draining: it takes no new copies */
   draining(): boolean;
   /** a draining peer hands this node a message: [status, answer] */
-  transfer(peer: string, id: string, meta: TransferMeta, raw: Buffer): Promise<[number, unknown]>;
+  transfer(peer: string, id: string, meta: TransferMeta, raw: Body): Promise<[number, unknown]>;
   /** a draining peer asks this node to shadow these of its messages elsewhere */
   reshadow(peer: string, ids: string[]): Promise<{ moved: string[]; gone: string[] }>;
 }
@@ -195,7 +195,8 @@ export class ShadowServer {
     });
     stream.on('end', () => {
       if (tooBig) return;
-      const body = sharedConcat(chunks, size);
+      // the pieces as they came: the spool copies them once, into its staging area
+      const body = new Parts(chunks);
       this.handle(peer, String(method), url, body, since).then(
         ([status, json]) => reply(stream, status, json),
         (err: unknown) => {
@@ -208,7 +209,7 @@ export class ShadowServer {
   }
 
   /** `since`: when the request's headers arrived (the stored line says how long the copy took here) */
-  private async handle(peer: string, method: string, url: string, body: Buffer, since: bigint): Promise<[number, unknown]> {
+  private async handle(peer: string, method: string, url: string, body: Parts, since: bigint): Promise<[number, unknown]> {
     const spool = this.o.spool;
     const hooks = this.o.hooks;
     if (method === 'PUT' && url.startsWith('/v1/messages/')) {
@@ -375,10 +376,10 @@ function isIdList(v: unknown): v is string[] {
   return Array.isArray(v) && v.length <= MAX_IDS && v.every((x) => typeof x === 'string');
 }
 
-function parseJson<T>(body: Buffer, check: (j: unknown) => T | null): T {
+function parseJson<T>(body: Parts, check: (j: unknown) => T | null): T {
   let j: unknown;
   try {
-    j = JSON.parse(body.toString('utf8'));
+    j = JSON.parse(body.whole().toString('utf8'));
   } catch {
     throw new ProtocolError('body is not JSON');
   }

@@ -33,7 +33,7 @@ import type { SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPSe
 import type { Logger } from 'pino';
 import { reply, SmtpReply, HangUp } from '../base/replies.js';
 import { newQueueId } from '../base/ids.js';
-import { sharedConcat } from '../base/buffers.js';
+import { Parts } from '../base/buffers.js';
 import { listenOn, type HostPort } from '../base/net.js';
 import { addAcceptHandles, type AcceptHandles } from '../base/accept.js';
 import { rfc5322Date, type InboundMessage } from '../base/message.js';
@@ -388,7 +388,8 @@ export class SmtpListener {
       { helo, address: session.remoteAddress, protocol: session.transmissionType, id, recipients },
       now,
     );
-    const body = sharedConcat([Buffer.from(received, 'latin1'), ...chunks]);
+    // the pieces as received (views of the socket's reads): each consumer copies them once (buffers.ts)
+    const body = new Parts([Buffer.from(received, 'latin1'), ...chunks]);
     // ties the session's connect line to the queue id (Postfix: "ID: client=...")
     const env = session.envelope;
     this.o.log.info(

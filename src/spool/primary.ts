@@ -13,6 +13,7 @@ import type {
   Role,
   SpoolContext,
 } from './types.js';
+import { wholeBody } from '../base/buffers.js';
 
 /** Inserts a new message and its recipients; also stores shadow copies (shadows.ts). */
 export function insert(c: SpoolContext, m: NewMessage, role: Role, state: MessageState, origin: string, originIncarnation: string): void {
@@ -43,7 +44,7 @@ function insertRows(c: SpoolContext, m: NewMessage, role: Role, state: MessageSt
     client: m.client ?? null,
     shadowPeer: null,
   });
-  c.st.insertBody.run(m.id, m.body);
+  c.st.insertBody.run(m.id, wholeBody(m.body));
   m.recipients.forEach((r, i) => c.st.insertRcpt.run(m.id, i, r));
 }
 

@@ -11,6 +11,8 @@
  * (mostly in order; one freed early waits for the older ones). No room: the caller posts the
  * body as before.
  */
+import { Parts } from '../base/buffers.js';
+
 export const STAGE_MIN_BYTES = 64 * 1024;
 
 /** What replaces a staged body in the posted arguments. */
@@ -30,26 +32,28 @@ export class Staging {
     this.bytes = Buffer.from(this.area);
   }
 
-  /** Copies `b` in; its slot start, or null when there is no room. */
-  put(b: Uint8Array): number | null {
+  /** Copies `b` in (a buffer, or a body's pieces one after the other); its slot start, or null when there is no room. */
+  put(b: Uint8Array | Parts): number | null {
     const size = this.area.byteLength;
-    if (b.byteLength > size / 2) return null;
+    const n = b instanceof Parts ? b.length : b.byteLength;
+    if (n > size / 2) return null;
     const tail = this.slots.length ? this.slots[0]!.start : this.head;
     let at = this.head;
     if (this.slots.length === 0) {
       at = 0;
     } else if (this.head >= tail) {
       // free space: [head, size) then [0, tail)
-      if (size - this.head < b.byteLength) {
-        if (tail <= b.byteLength) return null;
+      if (size - this.head < n) {
+        if (tail <= n) return null;
         at = 0;
       }
-    } else if (tail - this.head <= b.byteLength) {
+    } else if (tail - this.head <= n) {
       return null;
     }
-    this.bytes.set(b, at);
+    if (b instanceof Parts) b.copyTo(this.bytes, at);
+    else this.bytes.set(b, at);
     this.slots.push({ start: at, free: false });
-    this.head = at + b.byteLength;
+    this.head = at + n;
     return at;
   }
 
@@ -63,6 +67,14 @@ export class Staging {
 
 /** Arguments with their large bodies staged (new objects where one was; the caller's are untouched). */
 export function stageArgs(x: unknown, staging: Staging, taken: number[]): unknown {
+  if (x instanceof Parts) {
+    // a body in pieces: copied straight into the area; a small one or one without room goes as one buffer
+    if (x.length < STAGE_MIN_BYTES) return x.whole();
+    const at = staging.put(x);
+    if (at === null) return x.whole();
+    taken.push(at);
+    return { $staged: [at, x.length] } satisfies StagedRef;
+  }
   if (x instanceof Uint8Array) {
     if (x.byteLength < STAGE_MIN_BYTES) return x;
     const at = staging.put(x);

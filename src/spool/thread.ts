@@ -29,7 +29,7 @@ import { busyTimeout } from './schema.js';
 import { Staging, stageArgs } from './staging.js';
 
 /** The staging area's size: a few large bodies on their way to the writer at once. */
-const STAGING_BYTES = 8 * 1024 * 1024;
+const STAGING_BYTES = 32 * 1024 * 1024;
 
 /** Spool's methods that return a promise: only those can wait for another thread's answer. */
 type AsyncMethod = { [K in keyof Spool]: Spool[K] extends (...a: never[]) => Promise<unknown> ? K : never }[keyof Spool];

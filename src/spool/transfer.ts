@@ -8,6 +8,7 @@
  */
 import { purgeLocked } from './primary.js';
 import type { MessageRow, SpoolContext, TransferredMessage } from './types.js';
+import { wholeBody } from '../base/buffers.js';
 
 /**
  * Takes over a message from a draining peer as this node's own queued primary (remaining
@@ -29,7 +30,7 @@ export function takeTransfer(c: SpoolContext, m: TransferredMessage, shadowPeer:
     nextAttemptAt: Date.now(),
     shadowPeer,
   });
-  c.st.insertBody.run(m.id, m.body);
+  c.st.insertBody.run(m.id, wholeBody(m.body));
   m.recipients.forEach((r, i) => c.st.insertRcpt.run(m.id, i, r));
   return 'accepted';
 }

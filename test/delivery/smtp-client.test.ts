@@ -7,6 +7,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import net from 'node:net';
 import { SmtpSession, dataBytes, type SessionOptions, type SmtpError } from '../../src/delivery/smtp-client.js';
+import { Parts } from '../../src/base/buffers.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -83,6 +84,20 @@ describe('next-hop SMTP client', () => {
     expect(out('no final line break')).toBe('no final line break\r\n.\r\n');
     expect(out('x\r\n')).toBe('x\r\n.\r\n');
     expect(out('')).toBe('.\r\n');
+  });
+
+  it('dot-stuffs a body in pieces as it does the whole body, wherever the pieces are cut (a dot line split from its line break included)', () => {
+    const text = '.a\r\nb.\r\n.\r\n..c\r\nd\r\n.\r\n.e\nx';
+    const whole = Buffer.concat(dataBytes(Buffer.from(text))).toString();
+    const b = Buffer.from(text);
+    for (let i = 0; i <= b.length; i++) {
+      for (let j = i; j <= b.length; j++) {
+        const cut = new Parts([b.subarray(0, i), b.subarray(i, j), b.subarray(j)]);
+        expect(Buffer.concat(dataBytes(cut)).toString(), `cut at ${i}, ${j}`).toBe(whole);
+      }
+    }
+    expect(Buffer.concat(dataBytes(new Parts([Buffer.from('x\r'), Buffer.from('\n')]))).toString()).toBe('x\r\n.\r\n');
+    expect(Buffer.concat(dataBytes(new Parts([]))).toString()).toBe('.\r\n');
   });
 
   it('pipelines MAIL, RCPT and DATA when offered and reports each refused recipient', async () => {

@@ -7,6 +7,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { Spool } from '../../src/spool/index.js';
 import { ThreadedSpool, WRITES, READS } from '../../src/spool/thread.js';
 import { tmpDir } from '../helpers/index.js';
+import { Parts } from '../../src/base/buffers.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -152,6 +153,13 @@ describe('staging area for large bodies', () => {
     const bodyOf = (i: number) => Buffer.alloc(300_000, 65 + (i % 26));
     await Promise.all(ids.map((id, i) => spool.spoolPrimary({ ...msg(id), body: bodyOf(i) })));
     for (const [i, id] of ids.entries()) expect(spool.getWithBody(id)!.body.equals(bodyOf(i)), id).toBe(true);
+    // bodies in pieces (as the listener and the link hand them over): staged, posted whole without room, or small
+    const pieces = (b: Buffer) => new Parts([b.subarray(0, 7), b.subarray(7, 70_000), b.subarray(70_000)]);
+    const more = Array.from({ length: 40 }, (_, i) => `PPPPPPPP${String(i).padStart(4, '0')}`);
+    await Promise.all(more.map((id, i) => spool.spoolPrimary({ ...msg(id), body: pieces(bodyOf(i)) })));
+    for (const [i, id] of more.entries()) expect(spool.getWithBody(id)!.body.equals(bodyOf(i)), id).toBe(true);
+    await spool.spoolPrimary({ ...msg('PPPPPPPP9999'), body: new Parts([Buffer.from('Subject: s\r\n'), Buffer.from('\r\nsmall\r\n')]) });
+    expect(spool.getWithBody('PPPPPPPP9999')!.body.toString()).toBe('Subject: s\r\n\r\nsmall\r\n');
     // and again once the area is free
     await spool.storeShadow({ ...msg('TTTTTTTT0001'), body: bodyOf(3), origin: 'relay-b', originIncarnation: 'inc' });
     expect(spool.getWithBody('TTTTTTTT0001')!.body.equals(bodyOf(3))).toBe(true);
