@@ -5,7 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { Spool, type WritableSpoolOptions } from './index.js';
-import { toWire, WRITES, type WriterReply, type WriterRequest } from './thread.js';
+import { Batcher, toWire, WRITES, type WriterReply, type WriterRequest, type WriterResult } from './thread.js';
 import { isStaged } from './staging.js';
 
 const port = parentPort!;
@@ -25,6 +25,8 @@ function revive(x: unknown): unknown {
 }
 
 const send = (m: WriterReply) => port.postMessage(m);
+// a group commit's answers resolve together: they go back in one message
+const results = new Batcher<WriterResult>((r) => send({ type: 'results', results: r }));
 
 let spool: Spool;
 try {
@@ -37,17 +39,21 @@ try {
 
 port.on('message', (m: WriterRequest) => {
   if (m.type === 'close') {
-    void spool.close().finally(() => send({ type: 'closed' }));
+    void spool.close().finally(() => {
+      results.flush();
+      send({ type: 'closed' });
+    });
     return;
   }
-  const { seq, method, args } = m;
-  if (!allowed.has(method)) {
-    send({ type: 'result', seq, ok: false, error: { name: 'Error', message: `spool writer: unknown method ${method}` } });
-    return;
+  for (const { seq, method, args } of m.calls) {
+    if (!allowed.has(method)) {
+      results.push({ seq, ok: false, error: { name: 'Error', message: `spool writer: unknown method ${method}` } });
+      continue;
+    }
+    const fn = spool[method] as (...a: unknown[]) => Promise<unknown>;
+    fn.apply(spool, revive(args) as unknown[]).then(
+      (value) => results.push({ seq, ok: true, value }),
+      (e: unknown) => results.push({ seq, ok: false, error: toWire(e) }),
+    );
   }
-  const fn = spool[method] as (...a: unknown[]) => Promise<unknown>;
-  fn.apply(spool, revive(args) as unknown[]).then(
-    (value) => send({ type: 'result', seq, ok: true, value }),
-    (e: unknown) => send({ type: 'result', seq, ok: false, error: toWire(e) }),
-  );
 });

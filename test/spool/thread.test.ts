@@ -5,7 +5,7 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { Spool } from '../../src/spool/index.js';
-import { ThreadedSpool, WRITES, READS } from '../../src/spool/thread.js';
+import { ThreadedSpool, WRITES, READS, Batcher } from '../../src/spool/thread.js';
 import { tmpDir } from '../helpers/index.js';
 import { Parts } from '../../src/base/buffers.js';
 
@@ -113,6 +113,28 @@ describe('shared message bodies', () => {
     const { spool } = await open();
     await spool.spoolPrimary({ ...msg('GGGGGGGG0001'), body: b });
     expect(spool.getWithBody('GGGGGGGG0001')!.body.toString()).toBe('Received: x\r\nbody!');
+  });
+});
+
+describe('calls and results between the threads', () => {
+  it('go in one message per task: what one task pushes is sent together, after its synchronous work', async () => {
+    const sent: number[][] = [];
+    const b = new Batcher<number>((items) => sent.push(items));
+    b.push(1);
+    b.push(2);
+    b.push(3);
+    expect(sent).toEqual([]); // not before the task's own work is done
+    await Promise.resolve();
+    expect(sent).toEqual([[1, 2, 3]]);
+    await new Promise<void>((r) => setImmediate(() => (b.push(4), r())));
+    await new Promise<void>((r) => setImmediate(() => (b.push(5), r())));
+    await Promise.resolve();
+    expect(sent).toEqual([[1, 2, 3], [4], [5]]);
+    b.push(6);
+    b.flush(); // at once (before a close)
+    expect(sent.at(-1)).toEqual([6]);
+    await Promise.resolve();
+    expect(sent).toHaveLength(4); // the scheduled flush finds nothing left
   });
 });
 
