@@ -3,6 +3,9 @@
  * targets (shadowrelay against Postfix, measured in the same run).
  */
 
+/** a change in percent with its sign: +2.5, -0.7 */
+const signed = (pct: number): string => `${pct >= 0 ? '+' : ''}${pct.toFixed(1)}`;
+
 export interface ThroughputFigures {
   sessions: number;
   messages: number;
@@ -203,7 +206,7 @@ export function judgeTargets(r: BenchReport): void {
     target: 'logging at info costs < 5 % of throughput (against warn, same run)',
     measured:
       cpuInfo && cpuWarn && thrInfo && thrWarn
-        ? `accepted msg/s ${(((thrInfo - thrWarn) / thrWarn) * 100).toFixed(1)} % (${f0(thrInfo)} vs ${f0(thrWarn)}), CPU per message +${(((cpuInfo - cpuWarn) / cpuWarn) * 100).toFixed(1)} % (${f2(cpuInfo)} vs ${f2(cpuWarn)} ms); ${how}`
+        ? `accepted msg/s ${signed(((thrInfo - thrWarn) / thrWarn) * 100)} % (${f0(thrInfo)} vs ${f0(thrWarn)}), CPU per message ${signed(((cpuInfo - cpuWarn) / cpuWarn) * 100)} % (${f2(cpuInfo)} vs ${f2(cpuWarn)} ms); ${how}`
         : 'not measured',
     met: cpuInfo && cpuWarn && thrInfo && thrWarn ? (cpuInfo - cpuWarn) / cpuWarn < 0.05 && (thrWarn - thrInfo) / thrWarn < 0.05 : null,
   });
