@@ -170,9 +170,9 @@ describe('staging area for large bodies', () => {
 
   it('large bodies reach the writer intact through the staging area, and past it when it is full', async () => {
     const { spool } = await open();
-    // 40 x 300 KB at once: more than the 8 MB area holds, so some are posted as they are
+    // 40 x 1 MB at once: more than the 32 MB area holds, so some are posted as they are
     const ids = Array.from({ length: 40 }, (_, i) => `SSSSSSSS${String(i).padStart(4, '0')}`);
-    const bodyOf = (i: number) => Buffer.alloc(300_000, 65 + (i % 26));
+    const bodyOf = (i: number) => Buffer.alloc(1_000_000, 65 + (i % 26));
     await Promise.all(ids.map((id, i) => spool.spoolPrimary({ ...msg(id), body: bodyOf(i) })));
     for (const [i, id] of ids.entries()) expect(spool.getWithBody(id)!.body.equals(bodyOf(i)), id).toBe(true);
     // bodies in pieces (as the listener and the link hand them over): staged, posted whole without room, or small
