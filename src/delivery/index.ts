@@ -34,10 +34,10 @@ import type { Envelope } from '../base/message.js';
 import { noMetrics, type RelayMetrics, type DeferralReason } from '../base/metrics.js';
 import type { Signal } from '../base/signal.js';
 import type { Body } from '../base/buffers.js';
+import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 
 /** A message to send: as the spool has it, with its bytes whole or in the pieces they arrived in. */
 type Sendable = Omit<MessageWithBody, 'body'> & { body: Body };
-import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 
 export interface DeliveryOptions {
   nextHop: NextHop;

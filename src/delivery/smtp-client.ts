@@ -95,8 +95,7 @@ export function dataBytes(body: Body): Buffer[] {
     beforeThat = raw.length >= 2 ? raw[raw.length - 2]! : before;
     before = raw[raw.length - 1]!;
   }
-  const empty = parts.length === 0;
-  if (!empty && !(beforeThat === 0x0d && before === 0x0a)) parts.push(CRLF);
+  if (parts.length > 0 && !(beforeThat === 0x0d && before === 0x0a)) parts.push(CRLF);
   parts.push(DOT_LINE);
   return parts;
 }

@@ -82,21 +82,20 @@ export class FastDataStream extends SMTPStream {
       return p !== -1 && p + 1 + L < len - 2 ? p + 1 + L : -1;
     };
     let emitFrom = 0; // first byte of V not yet emitted
-    const emit = (to: number): void => {
-      const ps = parts(emitFrom, to);
-      let n = 0;
-      for (const b of ps) n += b.length;
-      this._countDataBytes(n);
-      if (dataStream.writable) for (const b of ps) dataStream.write(b);
+    /** V[emitFrom, to) counted and written (when the stream takes data); false: wait for 'drain' */
+    const emit = (to: number): boolean => {
+      this._countDataBytes(to - emitFrom);
+      let flowing = true;
+      if (dataStream.writable) for (const b of parts(emitFrom, to)) flowing = dataStream.write(b);
+      return flowing;
     };
     for (let i = candidate(2); i !== -1; ) {
       if (at(i - 2) === CR && at(i + 1) === CR && at(i + 2) === LF) {
-        // the end of DATA: everything before the dot, the CRLF of the last line included
+        // the end of DATA: everything before the dot, the CRLF of the last line included (its
+        // last piece goes with the stream's end)
         const ps = parts(emitFrom, i);
         const final = ps.pop();
-        let n = final ? final.length : 0;
-        for (const b of ps) n += b.length;
-        this._countDataBytes(n);
+        this._countDataBytes(i - emitFrom);
         if (dataStream.writable) for (const b of ps) dataStream.write(b);
         this._endDataMode(final ?? false, from(i + 3), done);
         return;
@@ -115,14 +114,7 @@ export class FastDataStream extends SMTPStream {
     const kept = parts(len - keep, len);
     this._lastBytes = kept.length === 1 ? kept[0]! : Buffer.concat(kept);
     if (keep >= len - emitFrom) return done();
-    const ps = parts(emitFrom, len - keep);
-    let n = 0;
-    for (const b of ps) n += b.length;
-    this._countDataBytes(n);
-    if (!dataStream.writable) return done();
-    let flowing = true;
-    for (const b of ps) flowing = dataStream.write(b);
-    if (flowing || dataStream.destroyed) return done();
+    if (emit(len - keep) || dataStream.destroyed) return done();
     // a stream that the application destroys never drains, it only closes
     const onDrain = () => {
       dataStream.removeListener('drain', onDrain);

@@ -67,20 +67,14 @@ export class Staging {
 
 /** Arguments with their large bodies staged (new objects where one was; the caller's are untouched). */
 export function stageArgs(x: unknown, staging: Staging, taken: number[]): unknown {
-  if (x instanceof Parts) {
-    // a body in pieces: copied straight into the area; a small one or one without room goes as one buffer
-    if (x.length < STAGE_MIN_BYTES) return x.whole();
-    const at = staging.put(x);
-    if (at === null) return x.whole();
+  if (x instanceof Uint8Array || x instanceof Parts) {
+    // a body in pieces is copied straight into the area; a small one or one without room goes
+    // as it is (pieces as one buffer: they do not survive the structured clone)
+    const n = x instanceof Parts ? x.length : x.byteLength;
+    const at = n < STAGE_MIN_BYTES ? null : staging.put(x);
+    if (at === null) return x instanceof Parts ? x.whole() : x;
     taken.push(at);
-    return { $staged: [at, x.length] } satisfies StagedRef;
-  }
-  if (x instanceof Uint8Array) {
-    if (x.byteLength < STAGE_MIN_BYTES) return x;
-    const at = staging.put(x);
-    if (at === null) return x;
-    taken.push(at);
-    return { $staged: [at, x.byteLength] } satisfies StagedRef;
+    return { $staged: [at, n] } satisfies StagedRef;
   }
   if (Array.isArray(x)) {
     let changed = false;
