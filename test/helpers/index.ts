@@ -99,11 +99,24 @@ export async function startPair(
     running.set(name, r);
     return r;
   };
+  const stop = async () => {
+    await Promise.all([...running.values()].map((r) => r.stop()));
+    if (sinkOpen) await sink.close();
+    cleanup();
+  };
   // the replication ports were picked before the nodes bind them (freePort: outside the
   // ephemeral range, a slice per test worker, so no other test takes them meanwhile)
-  const b = await start('relay-b');
-  const a = await start('relay-a');
-  await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
+  let a: Relay;
+  let b: Relay;
+  try {
+    b = await start('relay-b');
+    a = await start('relay-a');
+    await waitFor(() => a.shadow.anyPeerUp() && b.shadow.anyPeerUp(), 10000, 'peers up');
+  } catch (e) {
+    // a pair that does not come up leaves no node, sink or folder behind (the test never gets it to stop)
+    await stop();
+    throw e;
+  }
   const pair: Pair = {
     a,
     b,
@@ -121,11 +134,7 @@ export async function startPair(
       await sink.listen(sinkPort);
       sinkOpen = true;
     },
-    stop: async () => {
-      await Promise.all([...running.values()].map((r) => r.stop()));
-      if (sinkOpen) await sink.close();
-      cleanup();
-    },
+    stop,
   };
   return pair;
 }
