@@ -30,6 +30,7 @@ import type { Envelope, InboundMessage } from '../base/message.js';
 import { noMetrics, type RelayMetrics } from '../base/metrics.js';
 import { monotonicMs } from '../base/clock.js';
 import type { Body } from '../base/buffers.js';
+import type { Marking } from '../base/signal.js';
 
 /** Puts the shadow copy on a peer's disk; resolves with the peer's name (the shadow link). */
 export interface Replicator {
@@ -61,8 +62,11 @@ export interface ShadowedAcceptorOptions extends AcceptSettings {
   /** the peers now (the list changes on reload): owed a discard when it is not known which got a copy */
   peerNames: () => string[];
   log: Logger;
-  /** called once the message is queued for delivery (its accepted mark durable), with its bytes when at hand */
-  onAccepted: (id: string, body?: Body) => void;
+  /**
+   * called once the message may be delivered, with its bytes when at hand: after its accepted
+   * mark is written, or at once with `marking` when the mark rides a later transaction
+   */
+  onAccepted: (id: string, body?: Body, marking?: Marking) => void;
   /** after a restart, how long copies in doubt wait for a peer's answer before they are delivered anyway */
   promoteAfterMs?: number;
   metrics?: Pick<RelayMetrics, 'accepted' | 'refused' | 'duplicateRisk'>;
@@ -172,14 +176,19 @@ export class ShadowedAcceptor {
     return `2.0.0 Ok: queued as ${m.id}`;
   }
 
-  /** The accepted mark off the reply path; on a storage error retried (a restart would settle it with the peer). */
+  /**
+   * The accepted mark off the reply path; on a storage error retried (a restart would settle
+   * it with the peer). Delivery starts now, not once the mark is written: serially the mark
+   * rides the next message's transaction, and a delivery that waited for it ran inside the
+   * next message's accept (on this loop, before its 250). The delivery writes its outcome after
+   * the mark (Marking).
+   */
   private markLater(id: string, peer: string, body: Body): void {
     const { spool, log } = this.o;
-    void (async () => {
+    const written = (async () => {
       for (let wait = 200; ; wait = Math.min(wait * 2, 10000)) {
         try {
           await spool.markAccepted(id, peer);
-          this.o.onAccepted(id, body);
           return;
         } catch (e) {
           if (spool.isClosed) return;
@@ -188,6 +197,8 @@ export class ShadowedAcceptor {
         await new Promise((r) => setTimeout(r, wait).unref());
       }
     })();
+    // after this task: the 250 goes out first (the delivery's first steps are synchronous)
+    setImmediate(() => this.o.onAccepted(id, body, { peer, written }));
   }
 
   /**

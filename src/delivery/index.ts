@@ -32,7 +32,7 @@ import { newQueueId } from '../base/ids.js';
 import { enhancedCodeOf } from '../base/replies.js';
 import type { Envelope } from '../base/message.js';
 import { noMetrics, type RelayMetrics, type DeferralReason } from '../base/metrics.js';
-import type { Signal } from '../base/signal.js';
+import type { Marking, Signal } from '../base/signal.js';
 import type { Body } from '../base/buffers.js';
 import { nextHopTransportOptions, tlsFailureReason, type NextHop } from './tls.js';
 
@@ -132,7 +132,7 @@ export class DeliveryWorker {
   constructor(private readonly o: DeliveryOptions) {
     this.metrics = o.metrics ?? noMetrics;
     this.transport = DeliveryWorker.transportFor(o);
-    o.wakeUps?.listen((id, body) => (id ? this.offer(id, body) : this.wake()));
+    o.wakeUps?.listen((id, body, marking) => (id ? this.offer(id, body, marking) : this.wake()));
   }
 
   private static transportFor(o: DeliverySettings): RawTransport {
@@ -168,13 +168,21 @@ export class DeliveryWorker {
     this.wake();
   }
 
-  /** A message just queued (with its bytes when the caller has them): straight to a free slot, else found by the next scan. */
-  offer(id: string, body?: Body): void {
+  /**
+   * A message just queued (with its bytes when the caller has them): straight to a free slot,
+   * else found by the next scan. `marking`: its accepted mark is not written yet (see Marking).
+   */
+  offer(id: string, body?: Body, marking?: Marking): void {
     if (!this.running) return;
     if (this.inflight.has(id)) return;
-    // a message that waits for a reconcile is turned back by deliver() and found by a scan
-    if (this.inflight.size >= this.o.concurrency) return this.wake();
-    this.launch(id, body);
+    // a message that waits for a reconcile is turned back by deliver() and found by a scan;
+    // a scan finds only marked messages: one whose mark is on its way waits for it
+    if (this.inflight.size >= this.o.concurrency) {
+      if (marking) void marking.written.then(() => this.wake());
+      else this.wake();
+      return;
+    }
+    this.launch(id, body, marking);
   }
 
   /** Look for due work soon (coalesced into one scan per event-loop turn). */
@@ -229,8 +237,8 @@ export class DeliveryWorker {
     this.timer.unref();
   }
 
-  private launch(id: string, body?: Body): void {
-    const p = this.deliver(id, body)
+  private launch(id: string, body?: Body, marking?: Marking): void {
+    const p = this.deliver(id, body, marking)
       .then(
         (finished) => {
           if (!finished) this.backlog = true;
@@ -248,18 +256,20 @@ export class DeliveryWorker {
   }
 
   /** One attempt (and its bounce); true when the message needs no further look now. */
-  private async deliver(id: string, body?: Body): Promise<boolean> {
+  private async deliver(id: string, body?: Body, marking?: Marking): Promise<boolean> {
     // the bytes just accepted are the stored ones: no read of the blob (for 1 MB messages a
     // fresh 1 MB buffer per delivery that the heap only frees at its next collection)
     const s = body ? this.o.spool.get(id) : undefined;
-    const m = s ? { ...s, body: body! } : this.o.spool.getWithBody(id);
+    let m = s ? { ...s, body: body! } : this.o.spool.getWithBody(id);
+    // answered 250, its mark on its way: the row is as the mark will leave it
+    if (m && marking && m.state === 'spooled') m = { ...m, state: 'queued', shadowPeer: marking.peer };
     if (!m || m.role !== 'primary' || m.state !== 'queued') return true;
     // an offered id is not due yet (a retry time set meanwhile) or waits for a reconcile
     if (m.nextAttemptAt > Date.now()) return false;
     if (m.shadowPeer && (this.o.awaitingReconcile?.() ?? []).includes(m.shadowPeer)) return false;
     const pending = m.recipients.filter((r) => r.state === 'pending');
     if (pending.length > 0) {
-      const result = await this.attempt(m, pending);
+      const result = await this.attempt(m, pending, marking);
       if (result.gone || result.purged) return true;
       if (result.unreported === 0) return false;
     }
@@ -268,7 +278,7 @@ export class DeliveryWorker {
   }
 
   /** One SMTP transaction for the pending recipients; records and logs their outcomes. */
-  private async attempt(m: Sendable, pending: RecipientRow[]): Promise<AttemptResult> {
+  private async attempt(m: Sendable, pending: RecipientRow[], marking?: Marking): Promise<AttemptResult> {
     const id = m.id;
     this.metrics.deliveryAttemptStarted();
     const started = process.hrtime.bigint();
@@ -319,6 +329,8 @@ export class DeliveryWorker {
     const attempts = m.attempts + 1;
     const next = Date.now() + backoffMs(attempts, this.o.retry.initialMs, this.o.retry.maxMs);
     const anyPending = outcomes.some((o) => o.state === 'pending');
+    // the outcome after the mark: a purge before it would leave the mark nothing to mark
+    await marking?.written;
     const result = await this.record(id, outcomes, next, anyPending ? summary : null);
     const delay = (Date.now() - m.receivedAt) / 1000;
     for (const o of outcomes) {

@@ -64,6 +64,9 @@ describe('storage errors', () => {
     cleanups.push(() => release());
     const m1 = queueIdOf((await send(port, { raw: 'Subject: m1\r\n\r\nx\r\n' })).response);
     await waitForMetric(pair.a, 'shadowrelay_delivery_attempts_total', (n) => n >= 1, 20000, 'm1 being delivered');
+    // delivery starts before the accepted mark is written (it rides a later transaction);
+    // the outcome's write, the one this test holds back, comes after the mark
+    await waitFor(() => pair.a.spool.get(m1)?.state === 'queued', 20000, 'm1 marked accepted');
     const locker = new Database(path.join(pair.a.config.node.dataDir, 'spool.db'));
     cleanups.push(() => {
       if (locker.inTransaction) locker.exec('ROLLBACK');
