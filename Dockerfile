@@ -35,6 +35,8 @@ FROM node:${NODE_VERSION}-bookworm-slim
 ENV NODE_ENV=production
 # as the systemd unit: bodies of 128 KB and more from mmap, returned when freed (README "Performance")
 ENV MALLOC_MMAP_THRESHOLD_=131072
+# and V8's young generation of 4 MB semi-spaces (16 by default): 24 MB less heap per node
+ENV NODE_OPTIONS=--max-semi-space-size=4
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules

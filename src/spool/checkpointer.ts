@@ -13,7 +13,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { busyTimeout } from './schema.js';
+import { busyTimeout, pageCache } from './schema.js';
 import { checkpointDue, WalIndexReader, type CheckpointState } from './wal-index.js';
 import { monotonicMs } from '../base/clock.js';
 
@@ -23,6 +23,7 @@ const port = parentPort!;
 const { file, busyTimeoutMs } = workerData as { file: string; busyTimeoutMs: number };
 const db = new Database(file, { fileMustExist: true });
 busyTimeout(db, busyTimeoutMs);
+pageCache(db);
 // the same durability as the writer: a checkpoint syncs the WAL, then the database file
 db.pragma('synchronous = FULL');
 // this connection only checkpoints: it must never start one of its own mid-statement

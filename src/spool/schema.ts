@@ -96,6 +96,7 @@ export function openDatabase(dataDir: string, opts: SpoolOptions): { db: Databas
   if (opts.readonly) {
     const db = new Database(file, { readonly: true, fileMustExist: true });
     db.pragma('busy_timeout = 5000');
+    pageCache(db);
     return { db, file };
   }
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
@@ -105,6 +106,7 @@ export function openDatabase(dataDir: string, opts: SpoolOptions): { db: Databas
   // the last commits on power loss; our 250 promises durability.
   db.pragma('synchronous = FULL');
   db.pragma('foreign_keys = ON');
+  pageCache(db);
   if (opts.externalCheckpoints) {
     // 64 MB of log before this connection checkpoints itself (normally never: checkpointer.ts
     // keeps it short), and the log file cut back to that size when it restarts
@@ -113,6 +115,17 @@ export function openDatabase(dataDir: string, opts: SpoolOptions): { db: Databas
   }
   busyTimeout(db, opts.busyTimeoutMs);
   return { db, file };
+}
+
+/**
+ * Every spool connection's page cache: 2 MB (better-sqlite3 builds SQLite with 16 MB). The
+ * pages read again are the tables' and indexes' b-tree pages, a few hundred; a body's overflow
+ * pages are written once and read at most once, yet they filled each connection's cache (the
+ * writer's, the reader's, the checkpointer's): up to 48 MB per node holding pages nobody reads
+ * again (README "Performance", memory).
+ */
+export function pageCache(db: Database.Database): void {
+  db.pragma('cache_size = -2048');
 }
 
 /** How long a statement waits for a lock another connection holds. */

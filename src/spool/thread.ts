@@ -25,7 +25,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { Spool, type WritableSpoolOptions } from './index.js';
-import { busyTimeout } from './schema.js';
+import { busyTimeout, pageCache } from './schema.js';
 import { Staging, stageArgs } from './staging.js';
 
 /** The staging area's size: a few large bodies on their way to the writer at once. */
@@ -276,6 +276,7 @@ export class ThreadedSpool extends Spool implements Record<Unlisted, never> {
     const file = path.join(dataDir, 'spool.db');
     const db = new Database(file, { readonly: true, fileMustExist: true });
     busyTimeout(db, opts.busyTimeoutMs);
+    pageCache(db);
     const checkpointer = new Worker(workerFile('checkpointer'), { workerData: { file, busyTimeoutMs: opts.busyTimeoutMs } });
     // a checkpointer that fails leaves the writer's own (rarer) checkpoints: nothing is lost
     checkpointer.on('error', () => undefined);

@@ -8,6 +8,7 @@ import { Spool } from '../../src/spool/index.js';
 import { ThreadedSpool, WRITES, READS, Batcher } from '../../src/spool/thread.js';
 import { tmpDir } from '../helpers/index.js';
 import { Parts } from '../../src/base/buffers.js';
+import { openDatabase } from '../../src/spool/schema.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -185,5 +186,17 @@ describe('staging area for large bodies', () => {
     // and again once the area is free
     await spool.storeShadow({ ...msg('TTTTTTTT0001'), body: bodyOf(3), origin: 'relay-b', originIncarnation: 'inc' });
     expect(spool.getWithBody('TTTTTTTT0001')!.body.equals(bodyOf(3))).toBe(true);
+  });
+});
+
+describe('page cache', () => {
+  it('every spool connection keeps a 2 MB page cache (bodies written once do not fill 16 MB each)', async () => {
+    const { dir } = await open();
+    // the writer's settings, as openDatabase gives them, and a read-only connection's
+    for (const readonly of [false, true]) {
+      const { db } = openDatabase(dir, { node: 'relay-a', busyTimeoutMs: 1000, readonly });
+      cleanups.push(() => void db.close());
+      expect(db.pragma('cache_size', { simple: true })).toBe(-2048);
+    }
   });
 });

@@ -163,6 +163,7 @@ describe('Docker image and compose pair', () => {
   it('the image runs the daemon with the environment the systemd unit gives it (the bench runs it so too)', () => {
     const unitEnv = unitValues('Environment').sort();
     expect(unitEnv).toContain('MALLOC_MMAP_THRESHOLD_=131072');
+    expect(unitEnv).toContain('NODE_OPTIONS=--max-semi-space-size=4');
     expect(finalStage('ENV').sort()).toEqual(unitEnv);
   });
 
