@@ -9,6 +9,7 @@ import { ThreadedSpool, WRITES, READS, Batcher } from '../../src/spool/thread.js
 import { tmpDir } from '../helpers/index.js';
 import { Parts } from '../../src/base/buffers.js';
 import { openDatabase } from '../../src/spool/schema.js';
+import { GroupCommit } from '../../src/spool/commit.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -198,5 +199,13 @@ describe('page cache', () => {
       cleanups.push(() => void db.close());
       expect(db.pragma('cache_size', { simple: true })).toBe(-2048);
     }
+  });
+
+  it('the group commit keeps a batch in memory until its commit (no spill to the log at 2 MB)', async () => {
+    const { dir } = await open();
+    const { db } = openDatabase(dir, { node: 'relay-a', busyTimeoutMs: 1000 });
+    cleanups.push(() => void db.close());
+    new GroupCommit(db);
+    expect(db.pragma('cache_spill', { simple: true })).toBe(0);
   });
 });
