@@ -120,9 +120,9 @@ export function openDatabase(dataDir: string, opts: SpoolOptions): { db: Databas
 /**
  * Every spool connection's page cache: 2 MB (better-sqlite3 builds SQLite with 16 MB). The
  * pages read again are the tables' and indexes' b-tree pages, a few hundred; a body's overflow
- * pages are written once and read at most once, yet they filled each connection's cache (the
- * writer's, the reader's, the checkpointer's): up to 48 MB per node holding pages nobody reads
- * again (README "Performance", memory).
+ * pages are written once and read at most once, yet they filled the writer's and the reader's
+ * caches: up to 32 MB per node holding pages nobody reads again (README "Performance", memory).
+ * The checkpointer copies log frames without its cache; it gets the same bound all the same.
  */
 export function pageCache(db: Database.Database): void {
   db.pragma('cache_size = -2048');

@@ -56,16 +56,18 @@ async function accepted(spool: Spool, id: string): Promise<Buffer> {
   return body;
 }
 
-/** A mark the test writes when it chooses (the acceptor's rides a later transaction). */
-function pendingMark(spool: Spool, id: string): { marking: Marking; write: () => Promise<void> } {
+/**
+ * Spools a message and rings it with its mark still on its way, as the acceptor does (its mark
+ * rides a later transaction); resolves with the mark's write, which the test makes when it chooses.
+ */
+async function ringUnmarked(spool: Spool, ring: Signal['ring'], id: string): Promise<() => Promise<void>> {
+  const body = await spooled(spool, id);
   let done!: () => void;
-  const written = new Promise<void>((r) => (done = r));
-  return {
-    marking: { peer: 'relay-b', written },
-    write: async () => {
-      await spool.markAccepted(id, 'relay-b');
-      done();
-    },
+  const marking: Marking = { peer: 'relay-b', written: new Promise<void>((r) => (done = r)) };
+  ring(id, body, marking);
+  return async () => {
+    await spool.markAccepted(id, 'relay-b');
+    done();
   };
 }
 
@@ -86,20 +88,16 @@ describe('delivery hand-off of an accepted message', () => {
 
   it('starts a message whose accepted mark is still on its way', async () => {
     const { spool, ring, started } = await worker([]);
-    const body = await spooled(spool, 'OFFER0000003');
-    const mark = pendingMark(spool, 'OFFER0000003');
-    ring('OFFER0000003', body, mark.marking);
+    const mark = await ringUnmarked(spool, ring, 'OFFER0000003');
     expect(started()).toBe(1);
-    await mark.write();
+    await mark();
   });
 
   it('holds such a message for a reconcile with the peer its mark names', async () => {
     const { spool, ring, started } = await worker(['relay-b']);
-    const body = await spooled(spool, 'OFFER0000004');
-    const mark = pendingMark(spool, 'OFFER0000004');
-    ring('OFFER0000004', body, mark.marking);
+    const mark = await ringUnmarked(spool, ring, 'OFFER0000004');
     expect(started()).toBe(0);
-    await mark.write();
+    await mark();
   });
 
   it('writes the outcome of such a delivery only after the mark', async () => {
@@ -112,15 +110,13 @@ describe('delivery hand-off of an accepted message', () => {
     const over = new Promise<void>((r) => (attempted = r));
     const { spool, ring } = await worker([], port, () => attempted());
     const id = 'OFFER0000005';
-    const body = await spooled(spool, id);
-    const mark = pendingMark(spool, id);
-    ring(id, body, mark.marking);
+    const mark = await ringUnmarked(spool, ring, id);
     await over;
     expect(sink.messages).toHaveLength(1);
     await spooled(spool, 'OFFER0000006');
     // the outcome waits for the mark: the row is still as spooled, so the mark finds it
     expect(spool.get(id)?.state).toBe('spooled');
-    await mark.write();
+    await mark();
     await waitFor(() => spool.get(id) === undefined, 10000, 'the purge after the mark');
   });
 });

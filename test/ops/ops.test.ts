@@ -13,6 +13,7 @@ import {
   send,
   queueIdOf,
   waitFor,
+  waitForMetric,
   runCli,
   adminHttp,
   metricValue,
@@ -280,16 +281,13 @@ describe('queue tools', () => {
     expect((await runCli(['queue', 'hold', id, '--config', cfgA])).code).toBe(0);
     // an attempt already under way when the hold landed still records its outcome (one every
     // 300 ms here): the count to hold against is the one with every started attempt recorded
-    const started = async () => (await pair.a.metrics.snapshot()).value('shadowrelay_delivery_attempts_total') ?? 0;
-    let held = pair.a.spool.get(id)!;
-    for (const end = Date.now() + 10000; held.attempts !== (await started()); held = pair.a.spool.get(id)!) {
-      if (Date.now() > end) throw new Error('timed out waiting for the attempt under way at the hold to be recorded');
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    const started = 'shadowrelay_delivery_attempts_total';
+    await waitForMetric(pair.a, started, (n) => n === pair.a.spool.get(id)!.attempts, 10000, 'the attempt under way at the hold to be recorded');
+    const held = pair.a.spool.get(id)!;
     // past its next attempt plus more than one scan period of the worker (1 s)
     await waitFor(() => Date.now() > held.nextAttemptAt + 2500, 10000, 'the due time to pass');
     expect(pair.a.spool.get(id)).toMatchObject({ state: 'held', attempts: held.attempts });
-    expect(await started()).toBe(held.attempts);
+    expect((await pair.a.metrics.snapshot()).value(started)).toBe(held.attempts);
     expect((await runCli(['queue', 'release', id, '--config', cfgA])).code).toBe(0);
     await waitFor(() => (pair.a.spool.get(id)?.attempts ?? 0) > held.attempts, 20000, 'an attempt after release');
   });
