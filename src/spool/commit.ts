@@ -28,6 +28,18 @@ import type Database from 'better-sqlite3';
 // commit within one fsync anyway)
 export const LAZY_DELAY_MS = 50;
 
+/** What a part keeping state outside SQLite (files.ts) must hear of a transaction. */
+export interface CommitHooks {
+  /** inside the transaction, after its writes, before COMMIT (an exception rolls it back) */
+  beforeCommit(): void;
+  /** `synced`: the commit had its fsync (everything committed before it is durable too) */
+  committed(synced: boolean): void;
+  rolledBack(): void;
+  /** where a write's savepoint starts, and that savepoint rolled back */
+  mark(): number;
+  rollBackTo(mark: number): void;
+}
+
 interface Pending {
   fn: () => unknown;
   lazy: boolean;
@@ -53,6 +65,7 @@ export class GroupCommit {
   constructor(
     private readonly db: Database.Database,
     private readonly lazyDelayMs = LAZY_DELAY_MS,
+    private readonly hooks?: CommitHooks,
   ) {
     this.level = Number(db.pragma('synchronous', { simple: true }));
     // a batch's pages stay in memory until its commit: with the 2 MB page cache (schema.ts) a
@@ -116,11 +129,13 @@ export class GroupCommit {
       this.db
         .transaction(() => {
           for (const [i, op] of batch.entries()) {
+            const mark = this.hooks?.mark() ?? 0;
             try {
               // a nested transaction is a savepoint: a failing op rolls back alone ...
               results.push({ ok: true, v: this.db.transaction(op.fn)() });
             } catch (e) {
               results.push({ ok: false, e });
+              this.hooks?.rollBackTo(mark);
               // ... except when SQLite rolled the whole transaction back (SQLITE_FULL, IOERR)
               if (!this.db.inTransaction) {
                 culprit = i;
@@ -128,11 +143,13 @@ export class GroupCommit {
               }
             }
           }
+          this.hooks?.beforeCommit();
         })
         .immediate();
       this.commits++;
       if (!synced) this.unsynced++;
     } catch (e) {
+      this.hooks?.rolledBack();
       if (culprit >= 0) {
         batch[culprit]!.reject(e);
         // the others were rolled back with it and did nothing: run them again
@@ -145,6 +162,7 @@ export class GroupCommit {
     } finally {
       if (!synced) this.toOwn.run();
     }
+    this.hooks?.committed(synced);
     batch.forEach((op, i) => {
       const r = results[i]!;
       if (r.ok) op.resolve(r.v);

@@ -34,7 +34,9 @@
  * types.ts. At the end: the slice of the spool each consumer is given.
  */
 import type Database from 'better-sqlite3';
-import { GroupCommit } from './commit.js';
+import path from 'node:path';
+import { GroupCommit, LAZY_DELAY_MS } from './commit.js';
+import { BodyFiles, GoneFiles, type BodyFile } from './files.js';
 import { openDatabase, openSchema, sizeCaps } from './schema.js';
 import { prepareStatements } from './statements.js';
 import * as primary from './primary.js';
@@ -94,14 +96,32 @@ export class Spool {
   readonly file: string;
   private readonly c: SpoolContext;
   private readonly commits: GroupCommit;
+  private readonly gone: GoneFiles;
 
   protected constructor(db: Database.Database, file: string, opts: SpoolOptions) {
     this.file = file;
     this.incarnation = openSchema(db, file, !!opts.readonly);
     const st = prepareStatements(db);
-    this.c = { db, st, file, node: opts.node, incarnation: this.incarnation, ...sizeCaps(db, opts) };
-    this.commits = new GroupCommit(db);
+    const files = new BodyFiles(path.dirname(file), !opts.readonly);
+    this.c = { db, st, file, node: opts.node, incarnation: this.incarnation, ...sizeCaps(db, opts), files };
+    if (!opts.readonly) {
+      // the only writer, before its first write: files without a row go, the rest are counted
+      files.sweep(new Map((st.bodyFileNames.all() as BodyFile[]).map((f) => [f.name, f.size])));
+      st.goneFilesClear.run();
+    }
+    this.gone = new GoneFiles(st, files, (fn, lazy) => this.commits.write(fn, lazy));
+    this.commits = new GroupCommit(db, LAZY_DELAY_MS, {
+      beforeCommit: () => files.beforeCommit(),
+      committed: (synced) => {
+        files.committed();
+        this.gone.committed(synced);
+      },
+      rolledBack: () => files.rolledBack(),
+      mark: () => files.mark(),
+      rollBackTo: (mark) => files.rollBackTo(mark),
+    });
   }
+
 
   /** Opens (creating if needed) `<dataDir>/spool.db`. */
   static open(dataDir: string, opts: SpoolOptions): Spool {
@@ -476,8 +496,9 @@ export class Spool {
     return this.commits.isClosed;
   }
 
-  /** Waits for queued writes, then closes the database. */
+  /** Waits for queued writes, then closes the database (files left to unlink: the next start's sweep). */
   close(): Promise<void> {
+    this.gone.close();
     return this.commits.close();
   }
 }

@@ -29,8 +29,17 @@ export function get(c: SpoolContext, id: string): MessageSummary | undefined {
 export function getWithBody(c: SpoolContext, id: string): MessageWithBody | undefined {
   const s = get(c, id);
   if (!s) return undefined;
-  const { body } = c.st.getBody.get(id) as { body: Buffer };
-  return { ...s, body };
+  const body = readBody(c, id);
+  // a file unlinked since the row was read: the message is gone
+  return body ? { ...s, body } : undefined;
+}
+
+/** A body from the bodies table or its file (files.ts); undefined when it is gone. */
+export function readBody(c: SpoolContext, id: string): Buffer | undefined {
+  const row = c.st.getBody.get(id) as { body: Buffer } | undefined;
+  if (row) return row.body;
+  const f = c.st.getBodyFile.get(id) as { name: string } | undefined;
+  return f ? c.files.read(f.name) : undefined;
 }
 
 export function detail(c: SpoolContext, id: string): MessageDetail | undefined {
@@ -50,7 +59,7 @@ export function queueStats(c: SpoolContext): QueueStat[] {
 }
 
 export function diskBytes(c: SpoolContext): number {
-  let n = 0;
+  let n = (c.st.bodyFileBytes.get() as { n: number }).n;
   for (const f of [c.file, `${c.file}-wal`]) {
     try {
       n += statSync(f).size;

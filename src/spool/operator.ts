@@ -2,6 +2,7 @@
  * Operator actions (the queue tools: hold, release, retry, flush, delete, backup). The
  * writes here run inside a group commit (index.ts hands them to `write`).
  */
+import Database from 'better-sqlite3';
 import { purgeLocked } from './primary.js';
 import type { MessageRow, SpoolContext } from './types.js';
 
@@ -35,6 +36,25 @@ export function deferredIds(c: SpoolContext): string[] {
 
 export async function backup(c: SpoolContext, dest: string): Promise<{ totalPages: number }> {
   const r = await c.db.backup(dest);
+  // a backup stays one file (restored as spool.db alone): the bodies kept in files go into
+  // its bodies table; a file unlinked since the copy was made is a message purged since
+  const out = new Database(dest);
+  try {
+    out.pragma('foreign_keys = ON');
+    const rows = out.prepare(`SELECT id, name FROM body_files`).all() as Array<{ id: string; name: string }>;
+    const insert = out.prepare(`INSERT INTO bodies(id, body) VALUES(?, ?)`);
+    const drop = out.prepare(`DELETE FROM messages WHERE id=?`);
+    out.transaction(() => {
+      for (const { id, name } of rows) {
+        const body = c.files.read(name);
+        if (body) insert.run(id, body);
+        else drop.run(id);
+      }
+      out.exec(`DELETE FROM body_files; DELETE FROM gone_files;`);
+    })();
+  } finally {
+    out.close();
+  }
   return { totalPages: r.totalPages };
 }
 

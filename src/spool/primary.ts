@@ -14,12 +14,14 @@ import type {
   SpoolContext,
 } from './types.js';
 import { wholeBody } from '../base/buffers.js';
+import { FILE_MIN_BYTES } from './files.js';
 
 /** Inserts a new message and its recipients; also stores shadow copies (shadows.ts). */
 export function insert(c: SpoolContext, m: NewMessage, role: Role, state: MessageState, origin: string, originIncarnation: string): void {
   if (c.insertPages) {
-    // a new message must leave the reserve free (SQLite itself refuses with SQLITE_FULL)
-    c.db.pragma(`max_page_count = ${c.insertPages}`);
+    // a new message must leave the reserve free (SQLite itself refuses with SQLITE_FULL); the
+    // bodies in files count against the same cap
+    c.db.pragma(`max_page_count = ${Math.max(1, c.insertPages - Math.ceil(c.files.bytes / c.pageSize))}`);
     try {
       insertRows(c, m, role, state, origin, originIncarnation);
     } finally {
@@ -44,8 +46,25 @@ function insertRows(c: SpoolContext, m: NewMessage, role: Role, state: MessageSt
     client: m.client ?? null,
     shadowPeer: null,
   });
-  c.st.insertBody.run(m.id, wholeBody(m.body));
+  storeBody(c, m.id, m.body);
   m.recipients.forEach((r, i) => c.st.insertRcpt.run(m.id, i, r));
+}
+
+/**
+ * A new message's body: in the bodies table, or from FILE_MIN_BYTES on in a file of its own
+ * (files.ts), written and synced before its row; inside the caller's savepoint (one that
+ * rolls back removes the file), after the messages row (the foreign key).
+ */
+export function storeBody(c: SpoolContext, id: string, body: NewMessage['body']): void {
+  const b = wholeBody(body);
+  if (b.length < FILE_MIN_BYTES) {
+    c.st.insertBody.run(id, b);
+    return;
+  }
+  if (c.insertPages && (Number(c.db.pragma('page_count', { simple: true })) + Math.ceil((c.files.bytes + b.length) / c.pageSize)) > c.insertPages) {
+    throw Object.assign(new Error('database or disk is full (spool.maxSizeBytes)'), { code: 'SQLITE_FULL' });
+  }
+  c.st.insertBodyFile.run(id, c.files.write(id, b), b.length);
 }
 
 export function spoolPrimary(c: SpoolContext, m: NewMessage): void {

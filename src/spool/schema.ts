@@ -8,7 +8,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { SpoolOptions } from './types.js';
 
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 export const MIGRATIONS: Readonly<Record<number, string>> = {
   1: `
@@ -87,6 +87,20 @@ export const MIGRATIONS: Readonly<Record<number, string>> = {
     );
     INSERT INTO bodies (id, body) SELECT id, body FROM messages;
     ALTER TABLE messages DROP COLUMN body;
+  `,
+  5: `
+    -- large bodies in files of their own next to the database (files.ts): the row names the
+    -- file; a body is in bodies or here, never both
+    CREATE TABLE body_files (
+      id TEXT PRIMARY KEY REFERENCES messages (id) ON DELETE CASCADE,
+      name TEXT NOT NULL,
+      size INTEGER NOT NULL
+    );
+    -- a file whose row is gone, until the deletion is durable and the file unlinked
+    CREATE TABLE gone_files (name TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TRIGGER body_file_gone AFTER DELETE ON body_files BEGIN
+      INSERT OR IGNORE INTO gone_files (name, size) VALUES (old.name, old.size);
+    END;
   `,
 };
 
@@ -185,10 +199,10 @@ function reservePages(maxPages: number): number {
  * Page caps for `maxSizeBytes` (0 = none): the hard cap, which a writable connection applies
  * at once, and the tighter one a new message must fit under.
  */
-export function sizeCaps(db: Database.Database, opts: SpoolOptions): { maxPages: number; insertPages: number } {
+export function sizeCaps(db: Database.Database, opts: SpoolOptions): { maxPages: number; insertPages: number; pageSize: number } {
   const pageSize = Number(db.pragma('page_size', { simple: true }));
   const maxPages = opts.maxSizeBytes ? Math.max(1, Math.floor(opts.maxSizeBytes / pageSize)) : 0;
   const insertPages = maxPages ? Math.max(1, maxPages - reservePages(maxPages)) : 0;
   if (maxPages && !opts.readonly) db.pragma(`max_page_count = ${maxPages}`);
-  return { maxPages, insertPages };
+  return { maxPages, insertPages, pageSize };
 }

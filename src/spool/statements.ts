@@ -14,6 +14,14 @@ export function prepareStatements(db: Database.Database) {
     ),
     /** after its messages row (the foreign key); deleting the row deletes the body (ON DELETE CASCADE) */
     insertBody: db.prepare(`INSERT INTO bodies(id,body) VALUES(?,?)`),
+    // a large body's file (files.ts); deleting the row enters the file in gone_files (a trigger)
+    insertBodyFile: db.prepare(`INSERT INTO body_files(id,name,size) VALUES(?,?,?)`),
+    getBodyFile: db.prepare(`SELECT name FROM body_files WHERE id=?`),
+    bodyFileNames: db.prepare(`SELECT name, size FROM body_files`),
+    bodyFileBytes: db.prepare(`SELECT COALESCE(SUM(size),0) AS n FROM body_files`),
+    goneFiles: db.prepare(`SELECT name, size FROM gone_files LIMIT 1000`),
+    goneFileDel: db.prepare(`DELETE FROM gone_files WHERE name=?`),
+    goneFilesClear: db.prepare(`DELETE FROM gone_files`),
     insertRcpt: db.prepare(`INSERT INTO recipients(message_id,idx,address) VALUES(?,?,?)`),
     exists: db.prepare(`SELECT role, origin FROM messages WHERE id=?`),
     setState: db.prepare(`UPDATE messages SET state=?, shadow_peer=? WHERE id=? AND role='primary'`),

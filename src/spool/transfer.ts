@@ -6,9 +6,8 @@
  * shadow holder confirmed (one transaction replaces the shadow row it may hold for the
  * message), and the draining node drops its primary only after the taking node confirmed.
  */
-import { purgeLocked } from './primary.js';
+import { purgeLocked, storeBody } from './primary.js';
 import type { MessageRow, SpoolContext, TransferredMessage } from './types.js';
-import { wholeBody } from '../base/buffers.js';
 
 /**
  * Takes over a message from a draining peer as this node's own queued primary (remaining
@@ -30,7 +29,7 @@ export function takeTransfer(c: SpoolContext, m: TransferredMessage, shadowPeer:
     nextAttemptAt: Date.now(),
     shadowPeer,
   });
-  c.st.insertBody.run(m.id, wholeBody(m.body));
+  storeBody(c, m.id, m.body);
   m.recipients.forEach((r, i) => c.st.insertRcpt.run(m.id, i, r));
   return 'accepted';
 }

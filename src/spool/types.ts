@@ -2,6 +2,7 @@
  * The spool's types: the public ones (index.ts re-exports them), the row shape SQLite hands
  * back, and the context the parts share.
  */
+import type { BodyFiles } from './files.js';
 import type Database from 'better-sqlite3';
 import type { Statements } from './statements.js';
 import type { Envelope } from '../base/message.js';
@@ -170,4 +171,7 @@ export interface SpoolContext {
   /** hard page cap and the tighter cap for inserting a new message (0 = none) */
   readonly maxPages: number;
   readonly insertPages: number;
+  readonly pageSize: number;
+  /** large bodies (files.ts) */
+  readonly files: BodyFiles;
 }
