@@ -170,6 +170,8 @@ export class GoneFiles {
   ) {}
 
   committed(synced: boolean): void {
+    // no body file on disk: no deleted row can name one (a 10 KB load never reads gone_files)
+    if (this.files.bytes === 0) return;
     for (const f of this.st.goneFiles.all() as BodyFile[]) {
       if (this.seen.has(f.name)) continue;
       this.seen.add(f.name);

@@ -122,7 +122,6 @@ export class Spool {
     });
   }
 
-
   /** Opens (creating if needed) `<dataDir>/spool.db`. */
   static open(dataDir: string, opts: SpoolOptions): Spool {
     const { db, file } = openDatabase(dataDir, opts);

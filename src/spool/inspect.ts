@@ -35,7 +35,7 @@ export function getWithBody(c: SpoolContext, id: string): MessageWithBody | unde
 }
 
 /** A body from the bodies table or its file (files.ts); undefined when it is gone. */
-export function readBody(c: SpoolContext, id: string): Buffer | undefined {
+function readBody(c: SpoolContext, id: string): Buffer | undefined {
   const row = c.st.getBody.get(id) as { body: Buffer } | undefined;
   if (row) return row.body;
   const f = c.st.getBodyFile.get(id) as { name: string } | undefined;

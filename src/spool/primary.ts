@@ -21,7 +21,7 @@ export function insert(c: SpoolContext, m: NewMessage, role: Role, state: Messag
   if (c.insertPages) {
     // a new message must leave the reserve free (SQLite itself refuses with SQLITE_FULL); the
     // bodies in files count against the same cap
-    c.db.pragma(`max_page_count = ${Math.max(1, c.insertPages - Math.ceil(c.files.bytes / c.pageSize))}`);
+    c.db.pragma(`max_page_count = ${Math.max(1, c.insertPages - filePages(c))}`);
     try {
       insertRows(c, m, role, state, origin, originIncarnation);
     } finally {
@@ -61,10 +61,15 @@ export function storeBody(c: SpoolContext, id: string, body: NewMessage['body'])
     c.st.insertBody.run(id, b);
     return;
   }
-  if (c.insertPages && (Number(c.db.pragma('page_count', { simple: true })) + Math.ceil((c.files.bytes + b.length) / c.pageSize)) > c.insertPages) {
+  if (c.insertPages && Number(c.db.pragma('page_count', { simple: true })) + filePages(c, b.length) > c.insertPages) {
     throw Object.assign(new Error('database or disk is full (spool.maxSizeBytes)'), { code: 'SQLITE_FULL' });
   }
   c.st.insertBodyFile.run(id, c.files.write(id, b), b.length);
+}
+
+/** The pages the body files take under spool.maxSizeBytes (with `more` bytes of a new one). */
+function filePages(c: SpoolContext, more = 0): number {
+  return Math.ceil((c.files.bytes + more) / c.pageSize);
 }
 
 export function spoolPrimary(c: SpoolContext, m: NewMessage): void {

@@ -26,6 +26,9 @@ async function pairWith(o: Record<string, unknown>, nodes: Record<string, Record
   return pair;
 }
 
+/** 2 MB of recipient rows: fills a 1 MB spool in SQLite itself (a body that large would be a file) */
+const fillingRecipients = () => Array.from({ length: 2048 }, (_, i) => `${'r'.repeat(1000)}${i}@x.test`);
+
 const subjects = (p: Pair) => p.sink.messages.map((m) => /Subject: ([^\r\n]*)/.exec(m.raw.toString())?.[1]);
 
 describe('storage errors', () => {
@@ -119,10 +122,9 @@ describe('spool (real SQLite)', () => {
     const spool = Spool.open(dir, { node: 'n', busyTimeoutMs: 1000, maxSizeBytes: 1048576 });
     cleanups.push(() => spool.close());
     // one event-loop turn: one group commit; SQLite rolls the whole transaction back on FULL
-    // (2 MB of recipients: rows in SQLite; a body that large would go to a file)
     const r = await Promise.allSettled([
       spool.spoolPrimary(msg('AAAAAAAA01')),
-      spool.spoolPrimary({ ...msg('AAAAAAAA02'), recipients: Array.from({ length: 2048 }, (_, i) => `${'r'.repeat(1000)}${i}@x.test`) }),
+      spool.spoolPrimary({ ...msg('AAAAAAAA02'), recipients: fillingRecipients() }),
       spool.spoolPrimary(msg('AAAAAAAA03')),
     ]);
     expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
@@ -344,7 +346,7 @@ describe('large bodies in files (spool/files.ts)', () => {
     expect(files(dir)).toHaveLength(0);
     const r = await Promise.allSettled([
       spool.spoolPrimary(big('FFFFFFFF35', 300 * 1024)),
-      spool.spoolPrimary({ ...big('FFFFFFFF36', 10), recipients: Array.from({ length: 2048 }, (_, i) => `${'r'.repeat(1000)}${i}@x.test`) }),
+      spool.spoolPrimary({ ...big('FFFFFFFF36', 10), recipients: fillingRecipients() }),
     ]);
     expect(r.map((x) => x.status)).toEqual(['fulfilled', 'rejected']);
     expect(files(dir)).toHaveLength(1);
